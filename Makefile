@@ -1,0 +1,43 @@
+# citysense — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install citysense with its dev tools
+
+services-up: $(STAMP) ## install (first time) and start Kafka, PostgreSQL and Mosquitto
+	bash deploy/local/services.sh up
+
+services-down: ## stop the local services
+	bash deploy/local/services.sh down
+
+services-status: ## show whether each local service is up
+	bash deploy/local/services.sh status
+
+test: $(STAMP) services-up ## run every test against the real local services
+	$(BIN)/python -m pytest -rs
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+demo: $(STAMP) ## run the live pipeline with a simulator until Ctrl-C
+	$(BIN)/citysense demo
+
+clean-state: services-down ## stop services and delete .state (all local data)
+	rm -rf .state
+
+.PHONY: help install services-up services-down services-status test lint demo clean-state

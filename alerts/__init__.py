@@ -1,0 +1,1 @@
+"""The alert engine: rule model, evaluator, lifecycle, notifiers."""

@@ -1,0 +1,1 @@
+"""Transports: the bus contract, Kafka and in-memory buses, MQTT on asyncio."""

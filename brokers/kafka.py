@@ -1,0 +1,241 @@
+"""The bus on Apache Kafka, through aiokafka.
+
+Producers use ``acks=all`` with idempotence, so a retried send never
+duplicates a record and ``send_batch`` returns only once the batch is
+replicated. Consumers never auto-commit: the stage that owns them commits
+after its own side effects are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTP
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError as KafkaCommitFailed,
+)
+from aiokafka.errors import (
+    IllegalGenerationError,
+    KafkaConnectionError,
+    KafkaError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+)
+
+from brokers.base import KeyValue, Message, PartitionsCallback, TopicPartition, TopicSpec
+from brokers.exceptions import BrokerError, BrokerUnavailableError, CommitFailedError, NotStartedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaConfig:
+    bootstrap: str
+    client_id: str = "citysense"
+    linger_ms: int = 5
+    max_batch_bytes: int = 512 * 1024
+    compression: str | None = None
+    max_poll_records: int = 2000
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    max_poll_interval_ms: int = 120_000
+
+
+class KafkaBus:
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+
+    def producer(self) -> KafkaProducer:
+        return KafkaProducer(self.config)
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group: str,
+        *,
+        on_revoked: PartitionsCallback | None = None,
+        on_assigned: PartitionsCallback | None = None,
+    ) -> KafkaConsumer:
+        return KafkaConsumer(self.config, list(topics), group, on_revoked, on_assigned)
+
+    async def create_topics(self, topics: Sequence[TopicSpec]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            new = [
+                NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1)
+                for t in topics
+                if t.name not in existing
+            ]
+            if new:
+                # A concurrent creator may win the race: the topic is there either way.
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(new)
+                await self._wait_for_leaders([t.name for t in new])
+        except KafkaConnectionError as exc:
+            raise BrokerUnavailableError(f"Kafka at {self.config.bootstrap}: {exc}") from exc
+        finally:
+            await admin.close()
+
+    async def _wait_for_leaders(self, names: list[str]) -> None:
+        """Block until new topics have partition leaders, so the first send works."""
+        probe = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap)
+        await probe.start()
+        try:
+            for name in names:
+                for _ in range(100):
+                    parts = await probe.partitions_for(name)
+                    if parts:
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            await probe.stop()
+
+    async def close(self) -> None:
+        return None
+
+
+class KafkaProducer:
+    def __init__(self, config: KafkaConfig) -> None:
+        self._config = config
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._config.bootstrap,
+            client_id=self._config.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._config.linger_ms,
+            max_batch_size=self._config.max_batch_bytes,
+            compression_type=self._config.compression,
+        )
+        try:
+            await producer.start()
+        except KafkaConnectionError as exc:
+            await producer.stop()
+            raise BrokerUnavailableError(f"Kafka at {self._config.bootstrap}: {exc}") from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()  # flushes what is pending
+
+    async def send_batch(self, topic: str, records: Sequence[KeyValue]) -> None:
+        if self._producer is None:
+            raise NotStartedError("KafkaProducer.send_batch before start()")
+        try:
+            # send() only enqueues (and waits when the accumulator is full:
+            # backpressure); the futures resolve when the broker has the records.
+            futures = [await self._producer.send(topic, value=v, key=k) for k, v in records]
+            if futures:
+                await asyncio.gather(*futures)
+        except KafkaError as exc:
+            error = BrokerUnavailableError if exc.retriable else BrokerError
+            raise error(f"produce to {topic} failed: {exc!r}") from exc
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_revoked: PartitionsCallback | None, on_assigned: PartitionsCallback | None):
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self._on_revoked is not None and revoked:
+            await self._on_revoked(frozenset(TopicPartition(tp.topic, tp.partition) for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self._on_assigned is not None and assigned:
+            await self._on_assigned(frozenset(TopicPartition(tp.topic, tp.partition) for tp in assigned))
+
+
+class KafkaConsumer:
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topics: list[str],
+        group: str,
+        on_revoked: PartitionsCallback | None,
+        on_assigned: PartitionsCallback | None,
+    ) -> None:
+        self._config = config
+        self._topics = topics
+        self._group = group
+        self._listener = _Listener(on_revoked, on_assigned)
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._config.bootstrap,
+            client_id=self._config.client_id,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._config.max_poll_records,
+            session_timeout_ms=self._config.session_timeout_ms,
+            heartbeat_interval_ms=self._config.heartbeat_interval_ms,
+            max_poll_interval_ms=self._config.max_poll_interval_ms,
+            isolation_level="read_committed",
+        )
+        consumer.subscribe(self._topics, listener=self._listener)
+        try:
+            await consumer.start()
+        except KafkaConnectionError as exc:
+            await consumer.stop()
+            raise BrokerUnavailableError(f"Kafka at {self._config.bootstrap}: {exc}") from exc
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            # aiokafka leaves the group on stop() without calling the listener;
+            # revoke first so the owner can commit while it is still a member.
+            await self._listener.on_partitions_revoked(consumer.assignment())
+        finally:
+            self._consumer = None
+            await consumer.stop()
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        if self._consumer is None:
+            return frozenset()
+        return frozenset(TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    async def getmany(
+        self, timeout_ms: int, max_records: int
+    ) -> Mapping[TopicPartition, Sequence[Message]]:
+        if self._consumer is None:
+            raise NotStartedError("KafkaConsumer.getmany before start()")
+        raw = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return {
+            TopicPartition(tp.topic, tp.partition): [
+                Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in msgs
+            ]
+            for tp, msgs in raw.items()
+            if msgs
+        }
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self._consumer is None:
+            raise NotStartedError("KafkaConsumer.commit before start()")
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit({KafkaTP(tp.topic, tp.partition): o for tp, o in offsets.items()})
+        except (KafkaCommitFailed, IllegalGenerationError, RebalanceInProgressError,
+                UnknownMemberIdError) as exc:
+            raise CommitFailedError(f"commit of {dict(offsets)} failed: {exc!r}") from exc
+        except KafkaConnectionError as exc:
+            raise BrokerUnavailableError(f"commit failed: {exc!r}") from exc

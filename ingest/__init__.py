@@ -1,0 +1,1 @@
+"""Ingest: MQTT->Kafka bridge, per-profile codecs, normaliser, dead letters."""

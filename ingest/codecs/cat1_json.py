@@ -1,0 +1,57 @@
+"""LTE-Cat1 JSON payloads.
+
+Wire form (one sample per uplink; Cat1 devices stay connected and report often)::
+
+    {"seq": 42, "ts": 1732190000123, "m": {"pm25": 35.2, "pm10": 61.0}}
+
+``ts`` is the device clock in milliseconds since the Unix epoch; ``seq`` is
+the device's uplink counter (0..2**32-1), used for deduplication.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from citysense.records import Reading, RecordBatch
+from ingest.codecs.base import BAD_TIMESTAMP, MALFORMED, MAX_PAYLOAD_BYTES, OVERSIZE, DecodeError
+
+
+class _Payload(msgspec.Struct, frozen=True):
+    ts: int
+    m: dict[str, float]
+    seq: int = -1
+
+
+_decoder = msgspec.json.Decoder(_Payload)
+_encoder = msgspec.json.Encoder()
+
+
+class Cat1JsonCodec:
+    name = "cat1-json"
+
+    def encode(self, batch: RecordBatch) -> bytes:
+        if not batch.readings:
+            raise ValueError("a Cat1 JSON uplink carries at least one reading")
+        first = batch.readings[0]
+        values = {r.metric: r.value for r in batch.readings}
+        return _encoder.encode(_Payload(ts=first.time_ns // 1_000_000, m=values, seq=first.seq))
+
+    def decode(self, device_id: str, payload: bytes, received_ns: int) -> RecordBatch | DecodeError:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return DecodeError(OVERSIZE, f"{len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        try:
+            body = _decoder.decode(payload)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a key
+            return DecodeError(MALFORMED, f"not a Cat1 JSON uplink: {exc}")
+        if body.ts <= 0:
+            return DecodeError(
+                BAD_TIMESTAMP, f"ts must be positive epoch milliseconds, got {body.ts}"
+            )
+        if not body.m:
+            return DecodeError(MALFORMED, "uplink carries no readings ('m' is empty)")
+        time_ns = body.ts * 1_000_000
+        readings = tuple(
+            Reading(device_id, metric, time_ns, value, received_ns, body.seq)
+            for metric, value in body.m.items()
+        )
+        return RecordBatch(device_id=device_id, received_ns=received_ns, readings=readings)

@@ -1,0 +1,109 @@
+"""A bounded duplicate window per raw partition.
+
+QoS 1 resends, retried bridge produces and replays bring the same uplink
+twice. All uplinks of a device share one raw partition (key = device id),
+so a window per partition sees every copy. The window remembers keys of
+uplinks whose records were *produced*: keys are staged while a batch is
+handled and only enter the window after the produce succeeded, so a retried
+batch is never mistaken for its own duplicate (no loss). The window is two
+rotating sets (at least ``capacity // 2`` newest keys are always
+remembered, never more than ``capacity``), dropped when the partition is
+no longer assigned. A duplicate older than the window, or one that crosses
+a rebalance, passes through; the database unique key catches it.
+
+Keys: ``(device, seq, time of the first record)`` when the device numbers
+its uplinks (a counter reset after a reboot changes the time, so it is
+not mistaken for a resend); otherwise one ``(device, metric, time)`` key
+per record, and the uplink is a duplicate only when every key was seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from brokers.base import TopicPartition
+from citysense.records import RecordBatch
+
+Key = tuple[Hashable, ...]
+
+
+def uplink_keys(batch: RecordBatch) -> tuple[Key, ...]:
+    d = batch.device_id
+    if batch.readings:
+        first = batch.readings[0]
+        if first.seq >= 0:
+            return ((d, first.seq, first.time_ns),)
+    keys: list[Key] = [(d, r.metric, r.time_ns) for r in batch.readings]
+    keys.extend((d, "@status", s.connector, s.time_ns, s.state) for s in batch.statuses)
+    keys.extend((d, "@health", h.time_ns) for h in batch.health)
+    return tuple(keys)
+
+
+class Window:
+    __slots__ = ("_current", "_half", "_previous")
+
+    def __init__(self, capacity: int) -> None:
+        self._half = max(1, capacity // 2)
+        self._current: set[Key] = set()
+        self._previous: set[Key] = set()
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._current or key in self._previous
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def add(self, key: Key) -> None:
+        self._current.add(key)
+        if len(self._current) >= self._half:
+            self._previous, self._current = self._current, set()
+
+
+class Deduper:
+    """Windows per partition plus the keys staged by the batch in flight."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._windows: dict[TopicPartition, Window] = {}
+        self._staged: dict[TopicPartition, set[Key]] = {}
+
+    def is_duplicate(self, tp: TopicPartition, keys: Sequence[Key]) -> bool:
+        """True if every key was seen; otherwise stage the keys and return False."""
+        if not self.capacity or not keys:
+            return False
+        window = self._windows.get(tp)
+        staged = self._staged.get(tp)
+        if staged is None:
+            staged = self._staged[tp] = set()
+        if len(keys) == 1:  # the common case: one key per numbered uplink
+            key = keys[0]
+            if key in staged or (window is not None and key in window):
+                return True
+            staged.add(key)
+            return False
+        if all(k in staged or (window is not None and k in window) for k in keys):
+            return True
+        staged.update(keys)
+        return False
+
+    def commit(self) -> None:
+        """The batch's records are durable: remember its keys."""
+        for tp, keys in self._staged.items():
+            window = self._windows.get(tp)
+            if window is None:
+                window = self._windows[tp] = Window(self.capacity)
+            for k in keys:
+                window.add(k)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        """The batch failed and will be handled again: forget what it staged."""
+        self._staged.clear()
+
+    def retain(self, assigned: frozenset[TopicPartition]) -> None:
+        """Drop the windows of partitions this instance no longer owns."""
+        for tp in [tp for tp in self._windows if tp not in assigned]:
+            del self._windows[tp]
+
+    def size(self) -> int:
+        return sum(len(w) for w in self._windows.values())

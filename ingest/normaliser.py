@@ -1,0 +1,255 @@
+"""Raw envelopes -> canonical record batches, or dead letters.
+
+Per raw message: envelope -> topic route (kind, device, profile, codec,
+directory check; cached per MQTT topic) -> size check -> decode -> dedupe
+-> validate (good records kept, rejected ones dead-lettered) -> clock
+(skew corrected, late flagged) -> one ``RecordBatch`` keyed by device id.
+Anything that raises is dead-lettered as ``internal_error``: a poison
+message never blocks the partition behind it.
+
+``Normaliser`` runs that over the raw topic inside a ``ConsumerStage``:
+readings and dead letters of a batch are both acknowledged by Kafka before
+the raw offsets are committed (invariant 2), and the stage commits on
+revoke, so a rebalance neither loses nor doubles a raw message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from brokers.base import Bus, KeyValue, Message, Producer, TopicPartition
+from brokers.stage import Batches, ConsumerStage
+from citysense.records import DeadLetter, RecordBatch, decode_envelope, encode
+from ingest.clock import NS, ClockPolicy, adjust
+from ingest.codecs import CODECS, Codec, DecodeError
+from ingest.codecs.base import MALFORMED, MAX_PAYLOAD_BYTES, OVERSIZE
+from ingest.dedupe import Deduper, uplink_keys
+from ingest.directory import DeviceDirectory, StaticDirectory
+from ingest.dlq import (
+    BAD_ENVELOPE,
+    BAD_TOPIC,
+    INTERNAL_ERROR,
+    KIND_MISMATCH,
+    UNKNOWN_DEVICE,
+    UNKNOWN_PROFILE,
+    dead_letter,
+)
+from ingest.profiles import PROFILES, Profile
+from ingest.settings import NormaliserSettings
+from ingest.topics import parse_uplink_topic
+from ingest.validate import Bounds, profile_bounds, validate
+
+log = logging.getLogger(__name__)
+
+_ROUTE_CACHE_MAX = 200_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NormaliseConfig:
+    clock: ClockPolicy = field(default_factory=ClockPolicy)
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    dedupe_window: int = 20_000
+
+    @classmethod
+    def from_settings(cls, s: NormaliserSettings) -> NormaliseConfig:
+        return cls(
+            clock=ClockPolicy(
+                future_tolerance_ns=int(s.normalise_clock_future_tolerance_s * NS),
+                floor_ns=s.normalise_clock_floor_s * NS,
+                late_after_ns=int(s.normalise_late_after_s * NS),
+            ),
+            max_payload_bytes=s.normalise_max_payload_bytes,
+            dedupe_window=s.normalise_dedupe_window,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: str
+    device_id: str
+    key: bytes
+    codec: Codec
+    bounds: Bounds
+    late_after_ns: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    batch: RecordBatch | None = None
+    dead: DeadLetter | None = None
+    duplicate: bool = False
+    corrected: bool = False
+    late: int = 0
+
+
+class Normalise:
+    """The per-message logic, free of I/O (unit-testable)."""
+
+    def __init__(
+        self, config: NormaliseConfig | None = None, directory: DeviceDirectory | None = None, *,
+        profiles: Mapping[str, Profile] = PROFILES, codecs: Mapping[str, Codec] = CODECS,
+    ) -> None:
+        self.config = config or NormaliseConfig()
+        self._directory = directory
+        self._profiles = profiles
+        self._codecs = codecs
+        self._routes: dict[str, Route | tuple[str, str, str]] = {}
+
+    def route(self, mqtt_topic: str) -> Route | tuple[str, str, str]:
+        """The route of an uplink topic, or ``(reason, message, device_id)`` refusing it."""
+        cached = self._routes.get(mqtt_topic)
+        if cached is None:
+            if len(self._routes) >= _ROUTE_CACHE_MAX:
+                self._routes.clear()
+            cached = self._routes[mqtt_topic] = self._make_route(mqtt_topic)
+        return cached
+
+    def _make_route(self, mqtt_topic: str) -> Route | tuple[str, str, str]:
+        parsed = parse_uplink_topic(mqtt_topic)
+        if parsed is None:
+            return BAD_TOPIC, f"not an uplink topic: {mqtt_topic!r}", ""
+        kind, device_id = parsed
+        profile = self._profiles.get(kind)
+        if profile is None:
+            return UNKNOWN_PROFILE, f"no profile for device kind {kind!r}", device_id
+        codec = self._codecs.get(profile.codec)
+        if codec is None:
+            return UNKNOWN_PROFILE, f"profile {kind!r} names no known codec {profile.codec!r}", device_id
+        if self._directory is not None:
+            registered = self._directory.kind_of(device_id)
+            if registered is None:
+                return UNKNOWN_DEVICE, f"device {device_id!r} is not in the registry", device_id
+            if registered != kind:
+                return (KIND_MISMATCH, f"device {device_id!r} is registered as {registered!r} "
+                        f"but published as {kind!r}", device_id)
+        late_after = self.config.clock.late_after_for(profile.report_interval_s)
+        return Route(kind, device_id, device_id.encode(), codec, profile_bounds(profile), late_after)
+
+    def __call__(self, message: Message, dedupe: Deduper, tp: TopicPartition | None = None) -> Outcome:
+        try:
+            envelope = decode_envelope(message.value)
+        except msgspec.DecodeError as exc:
+            return Outcome(dead=dead_letter(message, BAD_ENVELOPE, f"raw record is not an envelope: {exc}"))
+        route = self.route(envelope.mqtt_topic)
+        if not isinstance(route, Route):
+            return Outcome(dead=dead_letter(message, route[0], route[1], route[2]))
+        device_id = route.device_id
+        size = len(envelope.payload)
+        if size > self.config.max_payload_bytes:
+            return Outcome(dead=dead_letter(
+                message, OVERSIZE, f"{size} bytes exceeds {self.config.max_payload_bytes}", device_id))
+        try:
+            decoded = route.codec.decode(device_id, envelope.payload, envelope.received_ns)
+        except UnicodeDecodeError as exc:  # bad input a codec let escape: still just bad input
+            decoded = DecodeError(MALFORMED, f"payload is not valid UTF-8: {exc}")
+        if isinstance(decoded, DecodeError):
+            return Outcome(dead=dead_letter(message, decoded.reason_code, decoded.message, device_id))
+        if dedupe.is_duplicate(tp or message.tp, uplink_keys(decoded)):
+            return Outcome(duplicate=True)
+        kept, rejected = validate(route.kind, route.bounds, decoded)
+        dead = None
+        if rejected:
+            reasons = sorted({r.reason for r in rejected})
+            text = "; ".join(r.detail for r in rejected)
+            kept_n = len(kept.readings) + len(kept.statuses) + len(kept.health)
+            dead = dead_letter(message, reasons[0] if len(reasons) == 1 else "+".join(reasons),
+                               f"{len(rejected)} record(s) rejected, {kept_n} kept: {text}", device_id)
+            if not kept_n:
+                return Outcome(dead=dead)
+        clocked = adjust(kept, self.config.clock, route.late_after_ns)
+        return Outcome(clocked.batch, dead, False, clocked.corrected, clocked.late)
+
+
+@dataclass
+class Counters:
+    uplinks_in: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    clock_corrected: int = 0
+    late: int = 0
+    internal_errors: int = 0
+
+
+class Normaliser:
+    def __init__(
+        self, bus: Bus, *, raw_topic: str, readings_topic: str, dlq_topic: str,
+        group: str = "citysense-normalise", max_records: int = 10_000,
+        config: NormaliseConfig | None = None, directory: DeviceDirectory | None = None,
+    ) -> None:
+        self._producer: Producer = bus.producer()
+        self._readings_topic = readings_topic
+        self._dlq_topic = dlq_topic
+        self.normalise = Normalise(config, directory)
+        self.dedupe = Deduper(self.normalise.config.dedupe_window)
+        self.stage = ConsumerStage(bus, [raw_topic], group, self._handle, max_records=max_records)
+        self.readings_out = 0  # record batches produced (one per good uplink)
+        self.dead_letters = 0
+        self.counters = Counters()
+
+    @classmethod
+    def from_settings(cls, bus: Bus, s: NormaliserSettings) -> Normaliser:
+        directory = StaticDirectory.load(s.normalise_registry) if s.normalise_registry else None
+        if directory is not None:
+            log.info("device directory: %d devices from %s", len(directory), s.normalise_registry)
+        else:
+            log.info("no device registry configured: accepting every device of a known kind")
+        return cls(bus, raw_topic=s.topic_raw, readings_topic=s.topic_readings, dlq_topic=s.topic_dlq,
+                   group=s.normalise_group, max_records=s.normalise_max_records,
+                   config=NormaliseConfig.from_settings(s), directory=directory)
+
+    def request_stop(self) -> None:
+        self.stage.request_stop()
+
+    async def run(self) -> None:
+        await self._producer.start()
+        try:
+            await self.stage.run()
+        finally:
+            await self._producer.stop()
+
+    def _one(self, message: Message, tp: TopicPartition) -> Outcome:
+        try:
+            return self.normalise(message, self.dedupe, tp)
+        except Exception as exc:  # a poison message is dead-lettered, never retried
+            log.exception("normalising %s[%d]@%d failed", tp.topic, tp.partition, message.offset)
+            self.counters.internal_errors += 1
+            return Outcome(dead=dead_letter(message, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+
+    async def _handle(self, batches: Batches) -> None:
+        self.dedupe.retain(self.stage.consumer.assignment())
+        good: list[KeyValue] = []
+        bad: list[KeyValue] = []
+        readings = duplicates = corrected = late = 0
+        for tp, messages in batches.items():
+            for message in messages:
+                out = self._one(message, tp)
+                if out.batch is not None:
+                    good.append((out.batch.device_id.encode(), encode(out.batch)))
+                    readings += len(out.batch.readings)
+                    corrected += out.corrected
+                    late += out.late
+                if out.dead is not None:
+                    bad.append((message.key, encode(out.dead)))
+                duplicates += out.duplicate
+        try:
+            await asyncio.gather(
+                *([self._producer.send_batch(self._readings_topic, good)] if good else []),
+                *([self._producer.send_batch(self._dlq_topic, bad)] if bad else []),
+            )
+        except BaseException:
+            self.dedupe.discard()  # the stage retries the whole batch: nothing was seen yet
+            raise
+        self.dedupe.commit()
+        self.readings_out += len(good)
+        self.dead_letters += len(bad)
+        c = self.counters
+        c.uplinks_in += sum(len(m) for m in batches.values())
+        c.readings += readings
+        c.duplicates += duplicates
+        c.clock_corrected += corrected
+        c.late += late

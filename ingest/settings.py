@@ -1,0 +1,35 @@
+"""Settings of the ingest deployables (bridge, normaliser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from citysense.settings import CommonSettings
+
+
+class BridgeSettings(CommonSettings):
+    mqtt_bridge_username: str = "citysense-bridge"
+    mqtt_bridge_password: SecretStr | None = None
+    bridge_share_group: str = "citysense-bridge"
+    bridge_client_id: str | None = None
+    bridge_max_batch: int = Field(default=2000, ge=1)
+    bridge_max_unacked: int = Field(default=5000, ge=1)
+
+
+class NormaliserSettings(CommonSettings):
+    normalise_group: str = "citysense-normalise"
+    normalise_max_records: int = Field(default=10_000, ge=1)  # bounded; big batches amortise acks
+    # Device time this far ahead of the received time is a wrong clock: corrected and flagged.
+    normalise_clock_future_tolerance_s: float = Field(default=120.0, ge=0)
+    # Device times before this (epoch seconds; default 2018-01-01) are an unset clock.
+    normalise_clock_floor_s: int = Field(default=1_514_764_800, ge=0)
+    # A reading older than max(this, 2 x the profile's report interval) is flagged late.
+    normalise_late_after_s: float = Field(default=900.0, ge=0)
+    # Payloads above this are dead-lettered as oversize before decoding.
+    normalise_max_payload_bytes: int = Field(default=64 * 1024, ge=1)
+    # Dedupe window: uplink keys remembered per raw partition (bounded memory).
+    normalise_dedupe_window: int = Field(default=20_000, ge=0)
+    # Registry JSON (``citysense scenario export``); unset = accept every device of a known kind.
+    normalise_registry: Path | None = None

@@ -1,0 +1,203 @@
+"""Storage benchmark: writer rows/s against raw binary COPY, and query latency.
+
+    .venv/bin/python -m loadtests.storage_bench [--devices 1000] [--uplinks 20]
+
+Runs against a scratch database it creates and drops, on the
+plain-PostgreSQL path (the one with rollups maintained by the writer). Bounded to about a minute on a
+2-core machine. Figures, not assertions: the machine may be shared.
+
+Write: the same kind of stream (air-quality uplinks, six readings each) is
+written by ``ReadingsSink.write`` (staging COPY, insert-or-ignore, latest
+state and rollup upserts, one transaction per ~5,000 readings) and by a
+bare binary ``COPY readings FROM STDIN`` in transactions of the same size,
+into the same table, alternating A-B-B-A so table growth does not favour
+either. Query: 100,000 registered devices with latest state, a day of
+1-minute raw data for 300 devices, 30 days of 1-hour rollups for 2,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from citysense.records import RecordBatch
+from loadtests.storage_common import latency_ms, scratch_database, uplinks, utc
+from storage import migrations, partitions, queries
+from storage.db import open_pool
+from storage.readings_sink import ReadingsSink
+from storage.schema import TIME_SERIES_TABLES, TIMESCALE
+from storage.settings import StorageSettings
+
+BASE = datetime(2031, 1, 1, tzinfo=UTC)
+CHUNK = 800  # uplinks per transaction: 4,800 readings, the writer's default batch size
+DAY = timedelta(days=1)
+
+_RAW_COPY = sql.SQL(
+    "COPY readings (device_id, metric, time, value, received_at, seq, quality) FROM STDIN (FORMAT BINARY)")
+_RAW_TYPES = ["text", "text", "timestamptz", "float8", "timestamptz", "int8", "int2"]
+
+
+def _chunks(stream: list[RecordBatch]) -> list[list[RecordBatch]]:
+    return [stream[i : i + CHUNK] for i in range(0, len(stream), CHUNK)]
+
+
+async def raw_copy(pool: AsyncConnectionPool, stream: list[RecordBatch]) -> tuple[int, float]:
+    """Rows prepared (datetimes built) before the clock starts: raw COPY's best case."""
+    prepared = [[(r.device_id, r.metric, utc(r.time_ns), r.value, utc(r.received_ns), r.seq, r.quality)
+                 for b in chunk for r in b.readings] for chunk in _chunks(stream)]
+    t = time.perf_counter()
+    for rows in prepared:
+        async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur, \
+                cur.copy(_RAW_COPY) as copy:
+            copy.set_types(_RAW_TYPES)
+            for row in rows:
+                await copy.write_row(row)
+    return sum(len(r) for r in prepared), time.perf_counter() - t
+
+
+async def writer(sink: ReadingsSink, chunks: list[list[RecordBatch]]) -> tuple[int, int, float]:
+    offered = inserted = 0
+    t = time.perf_counter()
+    for chunk in chunks:
+        result = await sink.write(chunk)
+        offered += result.readings_offered
+        inserted += result.readings_inserted
+    return offered, inserted, time.perf_counter() - t
+
+
+def _with_redeliveries(chunks: list[list[RecordBatch]]) -> list[list[RecordBatch]]:
+    """Every third transaction is followed by a re-delivery of it (25% of rows are duplicates)."""
+    out: list[list[RecordBatch]] = []
+    for i, chunk in enumerate(chunks):
+        out.append(chunk)
+        if i % 3 == 2:
+            out.append(chunk)
+    return out
+
+
+async def bench_writes(url: str, devices: int, per_device: int) -> None:
+    settings = StorageSettings.model_construct()
+    pool = await open_pool(url, max_size=2)
+    try:
+        async with pool.connection() as conn:
+            await conn.set_autocommit(True)
+            for table in TIME_SERIES_TABLES:
+                await partitions.ensure(conn, table, [BASE + i * DAY for i in range(8)], DAY)
+        streams = [uplinks(devices, per_device, BASE + i * DAY) for i in range(6)]
+        sink = ReadingsSink(pool, settings)
+        rows_a, secs_a = await raw_copy(pool, streams[0])
+        off_b, ins_b, secs_b = await writer(sink, _chunks(streams[1]))
+        off_c, ins_c, secs_c = await writer(sink, _chunks(streams[2]))
+        rows_d, secs_d = await raw_copy(pool, streams[3])
+        raw_rate = (rows_a + rows_d) / (secs_a + secs_d)
+        writer_rate = (off_b + off_c) / (secs_b + secs_c)
+        off_e, ins_e, secs_e = await writer(sink, _with_redeliveries(_chunks(streams[4])))
+        bare = ReadingsSink(pool, settings)
+        bare._backend = TIMESCALE  # bench only: skip rollup upserts, as the Timescale path does
+        off_f, _, secs_f = await writer(bare, _chunks(streams[5]))
+    finally:
+        await pool.close()
+    print(f"write: {devices} devices x {per_device} uplinks x 6 readings per run, "
+          f"{CHUNK * 6} readings per transaction")
+    print(f"  raw binary COPY          {raw_rate:>9,.0f} rows/s  ({rows_a + rows_d:,} rows)")
+    print(f"  writer (no duplicates)   {writer_rate:>9,.0f} rows/s  ratio {writer_rate / raw_rate:.2f}"
+          f"  ({ins_b + ins_c:,} inserted)")
+    dup_rate = off_e / secs_e
+    print(f"  writer (25% re-delivered){dup_rate:>9,.0f} offered rows/s  ratio {dup_rate / raw_rate:.2f}"
+          f"  ({off_e:,} offered, {ins_e:,} inserted)")
+    bare_rate = off_f / secs_f
+    print(f"  writer without rollups   {bare_rate:>9,.0f} rows/s  ratio {bare_rate / raw_rate:.2f}"
+          f"  (Timescale path: continuous aggregates instead)")
+
+
+_GENERATE: tuple[sql.SQL, ...] = (
+    sql.SQL("""INSERT INTO devices (device_id, kind, profile, network, township, district, report_interval_s)
+        SELECT 'dev-' || lpad(g::text, 6, '0'), (ARRAY['air', 'noise', 'water', 'charger'])[1 + g % 4],
+               'bench', 'lte-cat1', 'township-' || (g % 200), 'district-' || (g % 20), 60
+        FROM generate_series(0, 99999) g"""),
+    sql.SQL("""INSERT INTO latest_readings (device_id, metric, time, value, received_at)
+        SELECT device_id, m, {now} - (hashint4(length(device_id) + ascii(m)) % 600) * interval '1 second',
+               (hashtext(device_id || m) % 1000) / 10.0, {now}
+        FROM devices, unnest(ARRAY['pm25', 'no2']) m"""),
+    sql.SQL("""INSERT INTO device_state (device_id, last_seen, last_time)
+        SELECT device_id, {now} - (abs(hashtext(device_id)) % 400) * interval '1 second', {now}
+        FROM devices"""),
+    sql.SQL("""INSERT INTO readings (device_id, metric, time, value, received_at)
+        SELECT 'dev-' || lpad(d::text, 6, '0'), 'pm25', t, (d + extract(minute FROM t)) % 100, t
+        FROM generate_series(0, 299) d,
+             generate_series({now} - interval '1 day', {now} - interval '1 minute',
+                             interval '1 minute') t"""),
+    sql.SQL("""INSERT INTO readings_1m
+        SELECT device_id, metric, time, value, 1, value, value, time, value FROM readings
+        WHERE device_id LIKE 'dev-%'"""),
+    sql.SQL("""INSERT INTO readings_1h
+        SELECT 'dev-' || lpad(d::text, 6, '0'), 'pm25', h, 60 * 50.0, 60, 0, 100,
+               h + interval '59 minutes', 50
+        FROM generate_series(0, 1999) d,
+             generate_series({now} - interval '30 days', {now} - interval '1 hour', interval '1 hour') h"""),
+)
+
+
+async def bench_queries(url: str) -> None:
+    now = BASE + 30 * DAY
+    pool = await open_pool(url, max_size=2)
+    try:
+        async with pool.connection() as conn:
+            await conn.set_autocommit(True)
+            for table in TIME_SERIES_TABLES:
+                await partitions.ensure(conn, table, [now - i * DAY for i in range(1, 3)], DAY)
+            t = time.perf_counter()
+            for statement in _GENERATE:
+                await conn.execute(statement.format(now=sql.Literal(now)))
+            await conn.execute("VACUUM ANALYZE")
+            print(f"query data generated in {time.perf_counter() - t:.1f}s: 100,000 devices, "
+                  "200,000 latest values, 432,000 raw rows (300 devices x 1 day), "
+                  "1,440,000 1-hour rollup rows (2,000 devices x 30 days)")
+            cases = {
+                "latest per device, all 100,000 devices (200,000 values)":
+                    lambda: queries.latest_per_device(conn),
+                "latest per device, one district (5,000 devices)":
+                    lambda: queries.latest_per_device(conn, district="district-7"),
+                "24-hour 1-minute avg series (1-minute rollup)":
+                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1)),
+                "24-hour 1-minute avg series (raw rows)":
+                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1),
+                                           source="raw"),
+                "readings by district over 30 days (1-hour rollup)":
+                    lambda: queries.reading_counts(conn, "district", now - 30 * DAY, now),
+                "devices by district, online/offline (100,000)":
+                    lambda: queries.device_counts(conn, "district", now=now),
+                "devices by status (100,000)":
+                    lambda: queries.device_counts(conn, "status", now=now),
+            }
+            print("query latency (median / max of 7, ms):")
+            for name, fn in cases.items():
+                median, worst = await latency_ms(fn, 7)
+                print(f"  {name:<58} {median:8.1f} / {worst:8.1f}")
+    finally:
+        await pool.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--uplinks", type=int, default=20, help="uplinks per device per run")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    async with scratch_database("cs_bench") as url:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await migrations.migrate(conn, prefer_timescale=False)
+        await bench_writes(url, args.devices, args.uplinks)
+        await bench_queries(url)
+    print(f"total {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,76 @@
+"""Helpers shared by the storage benchmarks: a scratch database, timing, stream generation."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import sql
+
+from citysense.records import Reading, RecordBatch
+from citysense.settings import CommonSettings, load_settings
+
+METRICS = ("pm25", "pm10", "no2", "o3", "temperature", "humidity")
+
+
+def base_url() -> str:
+    settings = load_settings(CommonSettings)
+    if settings.database_url is None:
+        raise SystemExit("CITYSENSE_DATABASE_URL is not set (run `citysense services up`)")
+    return settings.database_url.get_secret_value()
+
+
+def with_dbname(url: str, name: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str) -> AsyncIterator[str]:
+    """A database created for the run and dropped afterwards, whatever happens."""
+    url = base_url()
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_dbname(url, name)
+    finally:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            await conn.execute(drop)
+
+
+def uplinks(devices: int, per_device: int, start: datetime, step_s: int = 60) -> list[RecordBatch]:
+    """Air-quality uplinks (six readings each), interleaved by device as a fleet sends them."""
+    out: list[RecordBatch] = []
+    t0 = int(start.timestamp()) * 1_000_000_000
+    for i in range(per_device):
+        for d in range(devices):
+            t = t0 + (i * step_s + d % step_s) * 1_000_000_000
+            device = f"air-{d:05d}"
+            readings = tuple(
+                Reading(device, m, t, float((i * 7 + d + k) % 100), t + 500_000_000, i)
+                for k, m in enumerate(METRICS))
+            out.append(RecordBatch(device, t + 500_000_000, readings))
+    return out
+
+
+def utc(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
+async def latency_ms(fn: Callable[[], Awaitable[object]], repeat: int) -> tuple[float, float]:
+    """(median, max) wall time of ``repeat`` calls after one warm-up, in milliseconds."""
+    await fn()
+    times: list[float] = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        await fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), max(times)

@@ -1,0 +1,1 @@
+"""Device simulators: profiles' behaviour, scenarios and load generation."""

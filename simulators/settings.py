@@ -1,0 +1,22 @@
+"""Settings of the simulator deployable."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+
+from citysense.settings import CommonSettings
+
+
+class SimulatorSettings(CommonSettings):
+    device_secret: SecretStr | None = None
+    # Load generator's pooled connections (the ACL lets this user write devices/#).
+    # Locally it shares the bridge's password (deploy/local/mqtt_passwd.py).
+    mqtt_loadgen_username: str = "citysense-loadgen"
+    mqtt_loadgen_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CITYSENSE_MQTT_LOADGEN_PASSWORD", "CITYSENSE_MQTT_BRIDGE_PASSWORD"),
+    )
+    # Used only by the benchmark's loss check (a subscriber that may read devices/#).
+    mqtt_bridge_username: str = "citysense-bridge"
+    mqtt_bridge_password: SecretStr | None = None
+    sim_connections: int = Field(default=8, ge=1, le=256)

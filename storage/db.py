@@ -1,0 +1,32 @@
+"""Connection pools, built by whoever runs a stage (never at import time)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from storage.exceptions import StorageUnavailableError
+
+Conn: TypeAlias = psycopg.AsyncConnection[Any]
+Query: TypeAlias = sql.SQL | sql.Composed
+
+TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.AdminShutdown,
+)
+
+
+async def open_pool(url: str, *, min_size: int = 1, max_size: int = 4) -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False)
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception as exc:  # pool raises PoolTimeout, wrapping the connect error
+        await pool.close()
+        raise StorageUnavailableError(f"cannot connect to the database: {exc}") from exc
+    return pool

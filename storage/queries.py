@@ -1,0 +1,180 @@
+"""The query layer used by the API and the alert engine.
+
+The same functions answer on both backends: rollups have the same
+relation names and columns whether they are TimescaleDB continuous
+aggregates or PostgreSQL tables the writer maintains.
+
+Bucket semantics: buckets are aligned to ``BUCKET_ORIGIN`` (TimescaleDB's
+``time_bucket`` default), and a query covers every whole bucket touching
+``[start, end)``. That makes raw rows and rollups give the same answer
+(up to floating-point rounding of averages), so ``series`` is free to serve
+long ranges from the coarsest rollup that divides the bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, LiteralString
+
+from psycopg import sql
+
+from storage.db import Conn
+from storage.partitions import floor_time
+from storage.schema import BUCKET_ORIGIN, ROLLUPS
+
+Aggregate = Literal["avg", "min", "max", "count", "last"]
+Source = Literal["auto", "raw", "readings_1m", "readings_1h"]
+GroupBy = Literal["district", "township", "kind", "status"]
+
+MAX_BUCKETS = 100_000
+RAW_MAX_RANGE = timedelta(hours=1)  # longer ranges are served from a rollup when the bucket allows
+
+_RAW_AGG: dict[str, LiteralString] = {
+    "avg": "avg(value)", "min": "min(value)", "max": "max(value)", "count": "count(*)::float8",
+    "last": "(array_agg(value ORDER BY time DESC))[1]",
+}
+_ROLLUP_AGG: dict[str, LiteralString] = {
+    "avg": "sum(value_sum) / sum(value_count)", "min": "min(value_min)", "max": "max(value_max)",
+    "count": "sum(value_count)::float8", "last": "(array_agg(last_value ORDER BY last_time DESC))[1]",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LatestValue:
+    device_id: str
+    metric: str
+    time: datetime
+    value: float
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    bucket: datetime
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCount:
+    group: str
+    total: int
+    online: int
+    offline: int
+
+
+def covering(start: datetime, end: datetime, bucket: timedelta) -> tuple[datetime, datetime]:
+    """The whole buckets touching ``[start, end)``."""
+    lo = floor_time(start, bucket)
+    hi = floor_time(end, bucket)
+    return lo, hi if hi == end else hi + bucket
+
+
+def choose_source(start: datetime, end: datetime, bucket: timedelta) -> Source:
+    if end - start <= RAW_MAX_RANGE:
+        return "raw"
+    for name, width in sorted(ROLLUPS.items(), key=lambda kv: kv[1], reverse=True):
+        if bucket % width == timedelta(0):
+            return name  # type: ignore[return-value]  # keys of ROLLUPS are Source names
+    return "raw"
+
+
+async def latest_per_device(
+    conn: Conn, *, device_ids: Sequence[str] | None = None, metric: str | None = None,
+    kind: str | None = None, district: str | None = None, township: str | None = None,
+) -> list[LatestValue]:
+    """Last value of every (device, metric), filtered; ordered by device and metric."""
+    where: list[sql.Composable] = []
+    params: list[object] = []
+    if device_ids is not None:
+        where.append(sql.SQL("l.device_id = ANY(%s)"))
+        params.append(list(device_ids))
+    if metric is not None:
+        where.append(sql.SQL("l.metric = %s"))
+        params.append(metric)
+    for column, value in (("kind", kind), ("district", district), ("township", township)):
+        if value is not None:
+            where.append(sql.SQL("d.{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    join = sql.SQL("JOIN devices d USING (device_id)" if kind or district or township else "")
+    query = sql.SQL(
+        "SELECT l.device_id, l.metric, l.time, l.value, l.received_at FROM latest_readings l {join} "
+        "WHERE {where} ORDER BY l.device_id, l.metric"
+    ).format(join=join, where=sql.SQL(" AND ").join(where) if where else sql.SQL("true"))
+    cur = await conn.execute(query, params)
+    return [LatestValue(*row) for row in await cur.fetchall()]
+
+
+async def series(
+    conn: Conn, device_id: str, metric: str, start: datetime, end: datetime, bucket: timedelta,
+    agg: Aggregate = "avg", *, source: Source = "auto",
+) -> list[Point]:
+    """One value per bucket with data, for the whole buckets touching ``[start, end)``."""
+    if bucket <= timedelta(0) or end <= start:
+        raise ValueError("bucket must be positive and end after start")
+    if (end - start) / bucket > MAX_BUCKETS:
+        raise ValueError(f"more than {MAX_BUCKETS} buckets requested")
+    if agg not in _RAW_AGG:
+        raise ValueError(f"unknown aggregate {agg!r}")
+    lo, hi = covering(start, end, bucket)
+    chosen = choose_source(start, end, bucket) if source == "auto" else source
+    if chosen != "raw" and bucket % ROLLUPS[chosen] != timedelta(0):
+        raise ValueError(f"{chosen} cannot serve {bucket} buckets")
+    if chosen == "raw":
+        relation, time_col, expr = sql.Identifier("readings"), sql.Identifier("time"), _RAW_AGG[agg]
+    else:
+        relation, time_col, expr = sql.Identifier(chosen), sql.Identifier("bucket"), _ROLLUP_AGG[agg]
+    query = sql.SQL(
+        """SELECT date_bin(%(bucket)s, {t}, {origin}) AS b, {expr} FROM {rel}
+           WHERE device_id = %(device)s AND metric = %(metric)s AND {t} >= %(lo)s AND {t} < %(hi)s
+           GROUP BY 1 ORDER BY 1"""
+    ).format(t=time_col, origin=sql.Literal(BUCKET_ORIGIN), expr=sql.SQL(expr), rel=relation)
+    cur = await conn.execute(
+        query, {"bucket": bucket, "device": device_id, "metric": metric, "lo": lo, "hi": hi})
+    return [Point(row[0], float(row[1])) for row in await cur.fetchall()]
+
+
+async def device_counts(
+    conn: Conn, group_by: GroupBy, *, now: datetime | None = None, offline_factor: float = 3.0,
+) -> list[GroupCount]:
+    """Active devices per district, township, kind or status, split online/offline.
+
+    A device is online when last seen within ``offline_factor`` times its
+    expected report interval; a device never seen is offline.
+    """
+    if group_by not in ("district", "township", "kind", "status"):
+        raise ValueError(f"cannot group by {group_by!r}")
+    group = (sql.SQL("CASE WHEN online THEN 'online' ELSE 'offline' END") if group_by == "status"
+             else sql.Identifier(group_by))
+    query = sql.SQL(
+        """SELECT {g} AS grp, count(*), count(*) FILTER (WHERE online), count(*) FILTER (WHERE NOT online)
+           FROM (SELECT d.district, d.township, d.kind,
+                        coalesce(s.last_seen >= coalesce(%(now)s, now())
+                                 - d.report_interval_s * %(factor)s * interval '1 second', false) AS online
+                 FROM devices d LEFT JOIN device_state s USING (device_id) WHERE d.active) x
+           GROUP BY 1 ORDER BY 1"""
+    ).format(g=group)
+    cur = await conn.execute(query, {"now": now, "factor": offline_factor})
+    return [GroupCount(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in await cur.fetchall()]
+
+
+async def reading_counts(
+    conn: Conn, group_by: Literal["district", "township", "kind"], start: datetime, end: datetime,
+    *, metric: str | None = None,
+) -> dict[str, int]:
+    """Readings received per district, township or kind over the whole hours touching ``[start, end)``.
+
+    Served from the 1-hour rollup; devices not in the registry are not counted.
+    """
+    if group_by not in ("district", "township", "kind"):
+        raise ValueError(f"cannot group by {group_by!r}")
+    lo, hi = covering(start, end, ROLLUPS["readings_1h"])
+    query = sql.SQL(
+        """SELECT d.{g}, sum(r.value_count)::bigint FROM readings_1h r JOIN devices d USING (device_id)
+           WHERE r.bucket >= %(lo)s AND r.bucket < %(hi)s
+             AND (%(metric)s::text IS NULL OR r.metric = %(metric)s)
+           GROUP BY 1 ORDER BY 1"""
+    ).format(g=sql.Identifier(group_by))
+    cur = await conn.execute(query, {"lo": lo, "hi": hi, "metric": metric})
+    return {str(r[0]): int(r[1]) for r in await cur.fetchall()}

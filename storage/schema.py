@@ -1,0 +1,190 @@
+"""The schema's DDL, per backend.
+
+Both backends expose the same relations with the same columns, so the query
+layer needs no branches:
+
+- ``readings``, ``charger_status``, ``device_health``: time series, narrow
+  (one row per value; see README for the measurement behind the choice).
+  TimescaleDB: hypertables, compressed and retained by policy. PostgreSQL:
+  range-partitioned by ``time``, partitions made ahead and on demand and
+  dropped by retention (``storage.partitions``).
+- ``readings_1m``, ``readings_1h``: rollups with ``value_sum``,
+  ``value_count``, ``value_min``, ``value_max``, ``last_time``,
+  ``last_value``. TimescaleDB: continuous aggregates with real-time
+  aggregation. PostgreSQL: tables the writer upserts in its transaction.
+- ``latest_readings``, ``device_state``, ``charger_connectors``,
+  ``charger_sessions``: current state, upserted only by newer rows. Tables
+  updated in place get ``fillfactor = 70`` so the updates stay HOT.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal, LiteralString
+
+from psycopg import sql
+
+from storage.db import Query
+
+Backend = Literal["timescaledb", "postgresql"]
+
+TIMESCALE: Backend = "timescaledb"
+POSTGRES: Backend = "postgresql"
+
+# Bucket origin shared by date_bin (PostgreSQL) and time_bucket (TimescaleDB's default).
+BUCKET_ORIGIN = "2000-01-03 00:00:00+00"
+
+TIME_SERIES_TABLES = ("readings", "charger_status", "device_health")
+ROLLUPS = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(hours=1)}
+
+_TIME_SERIES_DDL: dict[str, LiteralString] = {
+    "readings": """CREATE TABLE readings (
+            device_id   text             NOT NULL,
+            metric      text             NOT NULL,
+            time        timestamptz      NOT NULL,
+            value       double precision NOT NULL,
+            received_at timestamptz      NOT NULL,
+            seq         bigint           NOT NULL DEFAULT -1,
+            quality     smallint         NOT NULL DEFAULT 0,
+            PRIMARY KEY (device_id, metric, time))""",
+    "charger_status": """CREATE TABLE charger_status (
+            device_id   text        NOT NULL,
+            connector   integer     NOT NULL,
+            time        timestamptz NOT NULL,
+            state       text        NOT NULL,
+            error_code  text        NOT NULL,
+            session_id  text        NOT NULL,
+            PRIMARY KEY (device_id, connector, time))""",
+    "device_health": """CREATE TABLE device_health (
+            device_id   text        NOT NULL,
+            time        timestamptz NOT NULL,
+            rsrp_dbm    real,
+            sinr_db     real,
+            ce_level    smallint,
+            battery_v   real,
+            PRIMARY KEY (device_id, time))""",
+}
+
+_SEGMENT_ORDER = {
+    "readings": ("device_id", "metric, time DESC"),
+    "charger_status": ("device_id", "connector, time DESC"),
+    "device_health": ("device_id", "time DESC"),
+}
+
+REGISTRY_AND_STATE: tuple[LiteralString, ...] = (
+    """CREATE TABLE schema_meta (key text PRIMARY KEY, value text NOT NULL)""",
+    """CREATE TABLE sites (
+            site_id   text PRIMARY KEY,
+            kind      text NOT NULL,
+            name      text NOT NULL,
+            township  text NOT NULL,
+            district  text NOT NULL,
+            lat       double precision,
+            lon       double precision,
+            updated_at timestamptz NOT NULL DEFAULT now())""",
+    """CREATE TABLE devices (
+            device_id         text PRIMARY KEY,
+            kind              text NOT NULL,
+            profile           text NOT NULL,
+            network           text NOT NULL,
+            site_id           text REFERENCES sites (site_id),
+            township          text NOT NULL,
+            district          text NOT NULL,
+            lat               double precision,
+            lon               double precision,
+            report_interval_s double precision NOT NULL CHECK (report_interval_s > 0),
+            credential_hash   text,
+            metadata          jsonb NOT NULL DEFAULT '{}',
+            active            boolean NOT NULL DEFAULT true,
+            updated_at        timestamptz NOT NULL DEFAULT now())""",
+    "CREATE INDEX devices_district ON devices (district)",
+    "CREATE INDEX devices_township ON devices (township)",
+    "CREATE INDEX devices_kind ON devices (kind)",
+    """CREATE TABLE latest_readings (
+            device_id   text             NOT NULL,
+            metric      text             NOT NULL,
+            time        timestamptz      NOT NULL,
+            value       double precision NOT NULL,
+            received_at timestamptz      NOT NULL,
+            PRIMARY KEY (device_id, metric)) WITH (fillfactor = 70)""",
+    """CREATE TABLE device_state (
+            device_id  text PRIMARY KEY,
+            last_seen  timestamptz NOT NULL,
+            last_time  timestamptz) WITH (fillfactor = 70)""",
+    """CREATE TABLE charger_connectors (
+            device_id   text        NOT NULL,
+            connector   integer     NOT NULL,
+            time        timestamptz NOT NULL,
+            state       text        NOT NULL,
+            error_code  text        NOT NULL,
+            session_id  text        NOT NULL,
+            PRIMARY KEY (device_id, connector)) WITH (fillfactor = 70)""",
+    """CREATE TABLE charger_sessions (
+            device_id   text        NOT NULL,
+            session_id  text        NOT NULL,
+            connector   integer     NOT NULL,
+            started_at  timestamptz NOT NULL,
+            last_at     timestamptz NOT NULL,
+            last_state  text        NOT NULL,
+            PRIMARY KEY (device_id, session_id))""",
+    """CREATE TABLE time_partitions (
+            parent      text        NOT NULL,
+            name        text        NOT NULL UNIQUE,
+            range_start timestamptz NOT NULL,
+            range_end   timestamptz NOT NULL,
+            PRIMARY KEY (parent, range_start))""",
+)
+
+
+def time_series(backend: Backend, chunk_interval: timedelta) -> list[Query]:
+    """The raw time-series tables: partitioned (PostgreSQL) or hypertables (TimescaleDB)."""
+    out: list[Query] = []
+    for table, ddl in _TIME_SERIES_DDL.items():
+        if backend == POSTGRES:
+            out.append(sql.SQL(ddl + " PARTITION BY RANGE (time)"))
+            continue
+        segment, order = _SEGMENT_ORDER[table]
+        out += [
+            sql.SQL(ddl),
+            sql.SQL("SELECT create_hypertable({t}, 'time', chunk_time_interval => {i})").format(
+                t=sql.Literal(table), i=sql.Literal(chunk_interval)),
+            sql.SQL("ALTER TABLE {t} SET (timescaledb.compress, timescaledb.compress_segmentby = {s},"
+                    " timescaledb.compress_orderby = {o})").format(
+                t=sql.Identifier(table), s=sql.Literal(segment), o=sql.Literal(order)),
+        ]
+    return out
+
+
+def rollups(backend: Backend) -> list[Query]:
+    """1-minute and 1-hour rollups of readings: tables (PostgreSQL) or continuous aggregates."""
+    out: list[Query] = []
+    for name, width in ROLLUPS.items():
+        if backend == POSTGRES:
+            out.append(sql.SQL(
+                """CREATE TABLE {n} (
+                    device_id   text             NOT NULL,
+                    metric      text             NOT NULL,
+                    bucket      timestamptz      NOT NULL,
+                    value_sum   double precision NOT NULL,
+                    value_count bigint           NOT NULL,
+                    value_min   double precision NOT NULL,
+                    value_max   double precision NOT NULL,
+                    last_time   timestamptz      NOT NULL,
+                    last_value  double precision NOT NULL,
+                    PRIMARY KEY (device_id, metric, bucket)) WITH (fillfactor = 70)"""
+            ).format(n=sql.Identifier(name)))
+            if width >= timedelta(hours=1):  # the 1-minute rollup skips it: one index less per row
+                out.append(sql.SQL("CREATE INDEX {i} ON {n} (bucket)").format(
+                    i=sql.Identifier(f"{name}_bucket"), n=sql.Identifier(name)))
+            continue
+        out.append(sql.SQL(
+            """CREATE MATERIALIZED VIEW {n}
+               WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+               SELECT device_id, metric, time_bucket({w}, time) AS bucket,
+                      sum(value) AS value_sum, count(*) AS value_count,
+                      min(value) AS value_min, max(value) AS value_max,
+                      max(time) AS last_time, last(value, time) AS last_value
+               FROM readings GROUP BY device_id, metric, time_bucket({w}, time)
+               WITH NO DATA"""
+        ).format(n=sql.Identifier(name), w=sql.Literal(width)))
+    return out

@@ -1,0 +1,95 @@
+"""Migrations: versioned, idempotent, and refused when too old."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from citysense.settings import CommonSettings
+from storage import migrations
+from storage.exceptions import SchemaTooOldError
+from storage.schema import POSTGRES
+from storage.settings import WriterSettings
+
+pytestmark = pytest.mark.services
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CATALOG = """SELECT c.relname, c.relkind, a.attname, format_type(a.atttypid, a.atttypmod)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+             WHERE n.nspname = 'public' ORDER BY 1, 3"""
+
+
+async def _catalog(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    cur = await conn.execute(CATALOG)
+    return list(await cur.fetchall())
+
+
+def _cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CITYSENSE_DATABASE_URL": database_url}
+    command = str(Path(sys.executable).parent / "citysense")
+    return subprocess.run([command, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+async def test_migrate_twice_is_a_no_op(empty_database: str) -> None:
+    async with await psycopg.AsyncConnection.connect(empty_database) as conn:
+        assert await migrations.migrate(conn) == [m.version for m in migrations.MIGRATIONS]
+        before = await _catalog(conn)
+        assert await migrations.migrate(conn) == []
+        assert await _catalog(conn) == before
+        assert await migrations.current_version(conn) == migrations.REQUIRED_VERSION
+        await migrations.require_current(conn)
+
+
+def test_db_migrate_command_twice_is_a_no_op(empty_database: str) -> None:
+    first = _cli("db", "migrate", database_url=empty_database)
+    assert first.returncode == 0, first.stderr
+    assert "applied migrations [1, 2]" in first.stdout
+    second = _cli("db", "migrate", database_url=empty_database)
+    assert second.returncode == 0, second.stderr
+    assert "schema is up to date" in second.stdout
+
+
+async def test_plain_postgres_records_its_backend(empty_database: str) -> None:
+    async with await psycopg.AsyncConnection.connect(empty_database) as conn:
+        await migrations.migrate(conn, prefer_timescale=False)
+        assert await migrations.backend(conn) == POSTGRES
+        cur = await conn.execute("SELECT relkind FROM pg_class WHERE relname = 'readings'")
+        assert await cur.fetchone() == ("p",)  # partitioned
+
+
+async def test_a_too_old_schema_is_refused_with_a_clear_message(empty_database: str) -> None:
+    async with await psycopg.AsyncConnection.connect(empty_database) as conn:
+        assert await migrations.migrate(conn, target=1) == [1]
+        expected = r"version 1, this code needs 2: run `citysense db migrate`"
+        with pytest.raises(SchemaTooOldError, match=expected):
+            await migrations.require_current(conn)
+        assert await migrations.migrate(conn) == [2]  # and migrating finishes the job
+        await migrations.require_current(conn)
+
+
+async def test_the_writer_refuses_to_start_on_a_too_old_schema(
+    empty_database: str, pipeline_settings: CommonSettings,
+) -> None:
+    from citysense.run import run_writer
+
+    async with await psycopg.AsyncConnection.connect(empty_database) as conn:
+        await migrations.migrate(conn, target=1)
+    fields = {**pipeline_settings.model_dump(), "database_url": empty_database}
+    settings = WriterSettings.model_validate(fields)
+    with pytest.raises(SchemaTooOldError, match="run `citysense db migrate`"):
+        await run_writer(settings)
+
+
+def test_maintain_refuses_an_unmigrated_database(empty_database: str) -> None:
+    result = _cli("db", "maintain", database_url=empty_database)
+    assert result.returncode == 1
+    assert "run `citysense db migrate`" in result.stderr
+

@@ -1,0 +1,174 @@
+"""The sink: idempotence, late rows, latest state, charger sessions, health, transient failures."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from citysense.records import RecordBatch
+from storage import partitions, queries
+from storage.db import open_pool
+from storage.exceptions import StorageUnavailableError
+from storage.readings_sink import ReadingsSink
+from tests.storage.conftest import Store, storage_settings
+from tests.storage.factories import T0, backlog, charger, health, snapshot, uplink
+
+pytestmark = pytest.mark.services
+
+MIN = timedelta(minutes=1)
+
+
+def _mixed_batches() -> list[RecordBatch]:
+    return [
+        *(uplink("air-1", T0 + i * MIN, {"pm25": 10.0 + i, "no2": 20.0 - i}) for i in range(5)),
+        uplink("air-2", T0, {"pm25": 99.0}),
+        charger("ev-1", T0, 1, "Preparing", "s1"),
+        charger("ev-1", T0 + MIN, 1, "Charging", "s1"),
+        health("nb-1", T0, -101.0),
+    ]
+
+
+async def test_redelivered_batch_changes_nothing(store: Store) -> None:
+    batches = _mixed_batches()
+    first = await store.sink.write(batches)
+    assert (first.readings_offered, first.readings_inserted) == (11, 11)
+    assert (first.statuses_inserted, first.health_inserted) == (2, 1)
+    async with store.pool.connection() as conn:
+        before = await snapshot(conn)
+
+    again = await store.sink.write(batches)
+
+    assert (again.readings_inserted, again.statuses_inserted, again.health_inserted) == (0, 0, 0)
+    async with store.pool.connection() as conn:
+        assert await snapshot(conn) == before
+    assert len(before["readings"]) == 11
+    assert len(before["readings_1m"]) == 11  # one reading per device, metric and minute
+
+
+async def test_overlapping_redelivery_adds_only_new_rows_to_rollups(store: Store) -> None:
+    older = [uplink("air-1", T0 + i * 10 * timedelta(seconds=1), {"pm25": float(i)}) for i in range(3)]
+    newer = [uplink("air-1", T0 + i * 10 * timedelta(seconds=1), {"pm25": float(i)}) for i in range(3, 6)]
+    await store.sink.write(older)
+    result = await store.sink.write(older + newer)  # a rebalance re-delivers the first half
+    assert result.readings_inserted == 3
+    async with store.pool.connection() as conn:
+        points = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, MIN, "count",
+                                      source="readings_1m")
+        avg = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, MIN, "avg", source="readings_1m")
+        last = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, MIN, "last", source="readings_1m")
+    assert [p.value for p in points] == [6.0]
+    assert avg[0].value == pytest.approx(2.5)
+    assert last[0].value == 5.0
+
+
+async def test_duplicates_inside_one_batch_count_once(store: Store) -> None:
+    one = uplink("air-1", T0, {"pm25": 1.0})
+    result = await store.sink.write([one, one, one])
+    assert (result.readings_offered, result.readings_inserted) == (3, 1)
+    async with store.pool.connection() as conn:
+        count = await queries.series(conn, "air-1", "pm25", T0, T0 + timedelta(hours=1),
+                                     timedelta(hours=1), "count", source="readings_1h")
+    assert [p.value for p in count] == [1.0]
+
+
+async def test_late_rows_land_at_their_real_time_and_in_rollups(store: Store) -> None:
+    await store.sink.write([uplink("nb-1", T0, {"level": 50.0})])
+    start = T0 - timedelta(hours=3)
+    late = backlog("nb-1", start, timedelta(minutes=15), "level", [1.0, 2.0, 3.0, 4.0],
+                   received=T0 + MIN)
+    assert (await store.sink.write([late])).readings_inserted == 4
+
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT time, value, received_at FROM readings WHERE device_id = 'nb-1' ORDER BY time")
+        rows = await cur.fetchall()
+        assert [r[0] for r in rows] == [start + i * timedelta(minutes=15) for i in range(4)] + [T0]
+        assert all(r[2] == T0 + MIN for r in rows[:4])
+        # The late rows are older than the latest value: latest state keeps the newest.
+        latest = await queries.latest_per_device(conn, device_ids=["nb-1"])
+        assert [(v.time, v.value) for v in latest] == [(T0, 50.0)]
+        # ... but last-seen moves to when the backlog arrived.
+        cur = await conn.execute("SELECT last_seen, last_time FROM device_state WHERE device_id = 'nb-1'")
+        assert await cur.fetchone() == (T0 + MIN, T0)
+        hour = timedelta(hours=1)
+        expected: dict[queries.Aggregate, float] = {
+            "count": 4.0, "avg": 2.5, "min": 1.0, "max": 4.0, "last": 4.0}
+        sources: tuple[queries.Source, ...] = ("raw", "readings_1m", "readings_1h")
+        for source in sources:
+            for agg, value in expected.items():
+                points = await queries.series(conn, "nb-1", "level", start, start + hour, hour, agg,
+                                              source=source)
+                assert [p.bucket for p in points] == [start], (source, agg)
+                assert points[0].value == pytest.approx(value), (source, agg)
+        minute = await queries.series(conn, "nb-1", "level", start, start + hour, MIN, "last",
+                                      source="readings_1m")
+        assert [p.bucket for p in minute] == [start + i * timedelta(minutes=15) for i in range(4)]
+
+
+async def test_charger_status_keeps_connector_and_session_state(store: Store) -> None:
+    # Delivered out of order: the newest status first.
+    await store.sink.write([charger("ev-1", T0 + 30 * MIN, 2, "Finishing", "s9")])
+    await store.sink.write([
+        charger("ev-1", T0, 2, "Preparing", "s9"), charger("ev-1", T0 + MIN, 2, "Charging", "s9"),
+    ])
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT connector, time, state, session_id FROM charger_connectors")
+        assert await cur.fetchall() == [(2, T0 + 30 * MIN, "Finishing", "s9")]
+        cur = await conn.execute(
+            "SELECT session_id, connector, started_at, last_at, last_state FROM charger_sessions")
+        assert await cur.fetchall() == [("s9", 2, T0, T0 + 30 * MIN, "Finishing")]
+        cur = await conn.execute("SELECT count(*) FROM charger_status")
+        assert await cur.fetchone() == (3,)
+
+
+async def test_health_rows_are_stored_once(store: Store) -> None:
+    batch = [health("nb-1", T0, -110.5, None), health("nb-1", T0 + MIN, -99.0)]
+    assert (await store.sink.write(batch)).health_inserted == 2
+    assert (await store.sink.write(batch)).health_inserted == 0
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT time, rsrp_dbm, battery_v FROM device_health ORDER BY time")
+        assert await cur.fetchall() == [(T0, -110.5, None), (T0 + MIN, -99.0, pytest.approx(3.6))]
+
+
+async def test_partition_dropped_under_the_sink_is_recreated(pg_store: Store) -> None:
+    await pg_store.sink.write([uplink("air-1", T0, {"pm25": 1.0})])
+    async with pg_store.pool.connection() as conn:
+        await conn.set_autocommit(True)
+        dropped = await partitions.drop_expired(conn, "readings", T0 + timedelta(days=30))
+        await conn.set_autocommit(False)
+    assert dropped
+    result = await pg_store.sink.write([uplink("air-1", T0 + MIN, {"pm25": 2.0})])
+    assert result.readings_inserted == 1
+
+
+async def test_partitions_follow_a_changed_interval_without_overlap(pg_store: Store) -> None:
+    await pg_store.sink.write([uplink("air-1", T0, {"pm25": 1.0})])  # one-day partition
+    hourly = ReadingsSink(pg_store.pool, storage_settings(chunk_interval=timedelta(hours=1)))
+    await hourly.write([uplink("air-1", T0 + timedelta(days=1, hours=2), {"pm25": 2.0}),
+                        uplink("air-1", T0 + MIN, {"pm25": 3.0})])
+    async with pg_store.pool.connection() as conn:
+        spans = [(s, e) for _, s, e in await partitions.listing(conn, "readings")]
+    assert spans == sorted(spans)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert spans[-1][1] - spans[-1][0] == timedelta(hours=1)
+
+
+async def test_lost_connection_is_retriable_and_loses_nothing(pg_store: Store) -> None:
+    pool = await open_pool(pg_store.url, min_size=1, max_size=1)
+    try:
+        sink = ReadingsSink(pool, pg_store.settings)
+        await sink.write([uplink("air-1", T0, {"pm25": 1.0})])
+        async with pool.connection() as conn:
+            pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+        async with await psycopg.AsyncConnection.connect(pg_store.url, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        batch = [uplink("air-1", T0 + MIN, {"pm25": 2.0})]
+        with pytest.raises(StorageUnavailableError) as info:
+            await sink.write(batch)
+        assert info.value.retriable
+        assert (await sink.write(batch)).readings_inserted == 1  # the stage's retry succeeds
+    finally:
+        await pool.close()

@@ -1,0 +1,176 @@
+"""Codec round trips for every profile (hypothesis), and the NB-IoT frame's checks."""
+
+from __future__ import annotations
+
+import binascii
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from citysense.records import Health, Reading, RecordBatch, Status
+from ingest.codecs import CODECS, codec_named
+from ingest.codecs.base import (
+    BAD_CRC,
+    BAD_TIMESTAMP,
+    MALFORMED,
+    OVERSIZE,
+    TRUNCATED,
+    UNKNOWN_METRIC,
+    UNSUPPORTED_MESSAGE,
+    UNSUPPORTED_VERSION,
+    DecodeError,
+)
+from ingest.codecs.charger_ocpp import ERROR_CODES, STATES
+from ingest.codecs.nbiot_frame import METRIC_TAGS, crc16, encode_frame
+from ingest.profiles import PROFILES, Profile
+
+BASE_S = 1_700_000_000
+SEQ = st.integers(0, 2**32 - 1)
+
+
+def _value(decimals: int, low: float, high: float) -> st.SearchStrategy[float]:
+    scale = 10**decimals
+    lo, hi = max(int(low * scale), -(2**31)), min(int(high * scale), 2**31 - 1)
+    return st.integers(lo, hi).map(lambda raw: raw / scale)
+
+
+@st.composite
+def cat1_batch(draw: st.DrawFn, profile: Profile) -> RecordBatch:
+    t = draw(st.integers(1, 2**41)) * 1_000_000
+    seq = draw(SEQ)
+    metrics = draw(st.lists(st.sampled_from(profile.metrics), min_size=1, unique=True))
+    readings = tuple(
+        Reading("d1", m.name, t, draw(_value(2, m.low, m.high)), 5, seq) for m in metrics)
+    return RecordBatch("d1", 5, readings)
+
+
+@st.composite
+def nbiot_batch(draw: st.DrawFn, profile: Profile) -> RecordBatch:
+    base = draw(st.integers(BASE_S, BASE_S + 10**8))
+    seq = draw(SEQ)
+    offsets = sorted(draw(st.lists(st.integers(0, 65535), min_size=1, max_size=12, unique=True)))
+    readings = []
+    for dt in offsets:
+        for m in draw(st.lists(st.sampled_from(profile.metrics), min_size=1, unique=True)):
+            decimals = METRIC_TAGS[m.name][1]
+            value = draw(_value(decimals, m.low, min(m.high, (2**31 - 1) / 10**decimals)))
+            readings.append(Reading("d1", m.name, (base + dt) * 10**9, value, 5, seq))
+    health: tuple[Health, ...] = ()
+    if draw(st.booleans()):
+        health = (Health(
+            "d1", (base + draw(st.integers(offsets[-1], 65535))) * 10**9,
+            draw(st.none() | st.integers(-1400, -440).map(lambda v: v / 10)),
+            draw(st.none() | st.integers(-100, 300).map(lambda v: v / 10)),
+            draw(st.none() | st.integers(0, 2)),
+            draw(st.none() | st.integers(2500, 3700).map(lambda v: v / 1000)),
+        ),)
+    return RecordBatch("d1", 5, tuple(readings), (), health)
+
+
+@st.composite
+def charger_batch(draw: st.DrawFn) -> RecordBatch:
+    t = draw(st.integers(1, 2**41)) * 1_000_000
+    which = draw(st.sampled_from(("status", "meter", "heartbeat")))
+    if which == "status":
+        status = Status("d1", draw(st.integers(0, 4)), t, draw(st.sampled_from(STATES)),
+                        draw(st.sampled_from(ERROR_CODES)), draw(st.sampled_from(("", "S-1"))))
+        return RecordBatch("d1", 5, statuses=(status,))
+    if which == "heartbeat":
+        return RecordBatch("d1", 5, health=(Health("d1", t),))
+    seq = draw(SEQ)
+    metrics = draw(st.lists(st.sampled_from(PROFILES["charger"].metrics), min_size=1, unique=True))
+    value = st.floats(0, 1e7, allow_nan=False, allow_infinity=False)
+    return RecordBatch("d1", 5, tuple(Reading("d1", m.name, t, draw(value), 5, seq) for m in metrics))
+
+
+def batches(profile: Profile) -> st.SearchStrategy[RecordBatch]:
+    if profile.codec == "cat1-json":
+        return cat1_batch(profile)
+    if profile.codec.startswith("nbiot-frame"):
+        return nbiot_batch(profile)
+    return charger_batch()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_every_profile_round_trips(data: st.DataObject) -> None:
+    for profile in PROFILES.values():
+        batch = data.draw(batches(profile), label=profile.kind)
+        codec = codec_named(profile.codec)
+        decoded = codec.decode("d1", codec.encode(batch), 5)
+        assert decoded == batch, profile.kind
+
+
+@settings(max_examples=100, deadline=None)
+@given(nbiot_batch(PROFILES["meter"]), st.data())
+def test_nbiot_frame_checks_crc_and_length(batch: RecordBatch, data: st.DataObject) -> None:
+    frame = codec_named("nbiot-frame").encode(batch)
+    # Hex text decodes to the same records.
+    assert codec_named("nbiot-frame").decode("d1", binascii.hexlify(frame), 5) == batch
+    # Any single flipped bit in the body or CRC is caught.
+    i = data.draw(st.integers(1, len(frame) - 1))
+    bit = data.draw(st.integers(0, 7))
+    corrupted = frame[:i] + bytes((frame[i] ^ (1 << bit),)) + frame[i + 1:]
+    out = codec_named("nbiot-frame").decode("d1", corrupted, 5)
+    assert isinstance(out, DecodeError)
+    assert out.reason_code in (BAD_CRC, TRUNCATED, MALFORMED, UNKNOWN_METRIC, BAD_TIMESTAMP)
+    # Every proper prefix is truncated.
+    cut = data.draw(st.integers(1, len(frame) - 1))
+    out = codec_named("nbiot-frame").decode("d1", frame[:cut], 5)
+    assert isinstance(out, DecodeError) and out.reason_code == TRUNCATED
+
+
+def test_nbiot_sequence_number_is_carried_and_wraps() -> None:
+    r = Reading("d1", "pm25", BASE_S * 10**9, 12.5, 5, 2**32 - 1)
+    codec = codec_named("nbiot-frame")
+    out = codec.decode("d1", codec.encode(RecordBatch("d1", 5, (r,))), 5)
+    assert isinstance(out, RecordBatch) and out.readings[0].seq == 2**32 - 1
+    frame = encode_frame([r], None, 2**32)  # wraps to 0
+    out = codec.decode("d1", frame, 5)
+    assert isinstance(out, RecordBatch) and out.readings[0].seq == 0
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + crc16(body).to_bytes(2, "big")
+
+
+def test_nbiot_frame_reason_codes() -> None:
+    codec = codec_named("nbiot-frame")
+    good = encode_frame([Reading("d1", "pm25", BASE_S * 10**9, 1.0, 0, 1)], None, 1)
+    assert codec.decode("d1", b"\x02" + good[1:], 0) == DecodeError(
+        UNSUPPORTED_VERSION, "frame version 2, expected 1")
+    unknown_tag = good[:14] + b"\x7f" + good[15:-2]  # header 11 B, sample head 3 B
+    assert _reason(codec.decode("d1", _with_crc(unknown_tag), 0)) == UNKNOWN_METRIC
+    # Two samples, the second earlier than the first.
+    header = bytes((1, 0)) + (1).to_bytes(4, "big") + BASE_S.to_bytes(4, "big") + b"\x02"
+    sample = lambda dt: dt.to_bytes(2, "big") + b"\x01\x01\x01\x05"  # noqa: E731
+    assert _reason(codec.decode("d1", _with_crc(header + sample(60) + sample(0)), 0)) == BAD_TIMESTAMP
+    assert _reason(codec.decode("d1", good + b"\x00", 0)) in (MALFORMED, BAD_CRC)
+    assert _reason(codec.decode("d1", good + b" " * 70_000, 0)) == OVERSIZE
+    assert _reason(codec.decode("d1", b"", 0)) == TRUNCATED
+
+
+def _reason(out: RecordBatch | DecodeError) -> str:
+    assert isinstance(out, DecodeError), out
+    return out.reason_code
+
+
+def test_charger_reason_codes() -> None:
+    codec = codec_named("charger-ocpp")
+    assert _reason(codec.decode("c", b"{not json", 0)) == MALFORMED
+    assert _reason(codec.decode("c", b'[2,"1","Authorize",{}]', 0)) == UNSUPPORTED_MESSAGE
+    assert _reason(codec.decode("c", b'[3,"1","Heartbeat",{}]', 0)) == UNSUPPORTED_MESSAGE
+    assert _reason(codec.decode("c", b'[2,"1","Heartbeat",{}]', 0)) == BAD_TIMESTAMP
+    bad_state = b'[2,"1","StatusNotification",{"connectorId":1,"status":"Dancing",' \
+                b'"errorCode":"NoError","timestamp":"2025-01-01T00:00:00.000Z"}]'
+    assert _reason(codec.decode("c", bad_state, 0)) == MALFORMED
+    meter = b'[2,"1","MeterValues",{"connectorId":1,"meterValue":[{"timestamp":' \
+            b'"2025-01-01T00:00:00.000Z","sampledValue":[{"value":"1","measurand":"RPM"}]}]}]'
+    assert _reason(codec.decode("c", meter, 0)) == UNKNOWN_METRIC
+
+
+def test_every_profile_names_a_codec_and_codecs_know_their_metrics() -> None:
+    for profile in PROFILES.values():
+        assert profile.codec in CODECS
+        if profile.codec.startswith("nbiot-frame"):
+            assert {m.name for m in profile.metrics} <= set(METRIC_TAGS)
