@@ -7,6 +7,8 @@ import signal
 import sys
 import time
 
+from psycopg_pool import AsyncConnectionPool
+
 from brokers.kafka import KafkaBus
 from citysense.run import build_bridge, create_topics, migrate_db
 from citysense.settings import load_settings
@@ -18,6 +20,7 @@ from simulators.settings import SimulatorSettings
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
 from storage.settings import WriterSettings
+from storage.stats import count_readings
 from storage.writer import Writer
 
 
@@ -48,17 +51,16 @@ async def run_demo(*, devices: int, rate: float) -> None:
     print(f"demo: {devices} LTE-Cat1 air stations at {rate:.0f} uplinks/s -> MQTT -> bridge -> Kafka "
           "-> normaliser -> Kafka -> writer -> PostgreSQL. Ctrl-C stops.", file=sys.stderr)
     t0 = time.monotonic()
+    rows_at_start = await _count_readings(pool)
     try:
         while not stopping.is_set() and not any(t.done() for t in [*stages, simulator]):
             await asyncio.wait([asyncio.ensure_future(stopping.wait())], timeout=1)
-            async with pool.connection() as conn:
-                cur = await conn.execute("SELECT count(*) FROM readings")
-                row = await cur.fetchone()
+            stored = await _count_readings(pool) - rows_at_start
             sent = fleets[0].stats.acked if fleets else 0
             sys.stderr.write(
                 f"\r[{time.monotonic() - t0:5.0f}s] uplinks acked={sent} bridged={bridge.forwarded} "
                 f"normalised={normaliser.readings_out} dead-lettered={normaliser.dead_letters} "
-                f"rows in db={row[0] if row else 0}   "
+                f"readings stored={stored}   "
             )
             sys.stderr.flush()
     finally:
@@ -73,3 +75,8 @@ async def run_demo(*, devices: int, rate: float) -> None:
         for r in results:
             if isinstance(r, BaseException):
                 print(f"stage ended with {r!r}", file=sys.stderr)
+
+
+async def _count_readings(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as conn:
+        return await count_readings(conn)

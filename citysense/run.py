@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import uuid
+import socket
 from collections.abc import Callable
 
 from brokers.base import TopicSpec
@@ -73,7 +73,9 @@ def build_bridge(settings: BridgeSettings) -> Bridge:
             url=settings.mqtt_url,
             username=settings.mqtt_bridge_username,
             password=password.get_secret_value() if password else None,
-            client_id=settings.bridge_client_id or f"citysense-bridge-{uuid.uuid4().hex[:8]}",
+            client_id=settings.bridge_client_id or f"citysense-bridge-{socket.gethostname()}",
+            clean_start=settings.bridge_session_expiry_s == 0,
+            session_expiry_s=settings.bridge_session_expiry_s,
             max_unacked_inbound=settings.bridge_max_unacked,
         ),
         manual_ack=True,

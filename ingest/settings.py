@@ -13,7 +13,11 @@ class BridgeSettings(CommonSettings):
     mqtt_bridge_username: str = "citysense-bridge"
     mqtt_bridge_password: SecretStr | None = None
     bridge_share_group: str = "citysense-bridge"
+    # A stable client id and a persistent session: PUBLISHes delivered to a bridge that dies
+    # before acknowledging them are re-sent when it reconnects, and those that arrive while it
+    # is away are queued for it. Each bridge instance needs its own id (default: per host).
     bridge_client_id: str | None = None
+    bridge_session_expiry_s: int = Field(default=3600, ge=0)
     bridge_max_batch: int = Field(default=2000, ge=1)
     bridge_max_unacked: int = Field(default=5000, ge=1)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,9 +27,11 @@ class FleetStats:
 
 class Fleet:
     def __init__(self, mqtt_url: str, device_secret: str, device_ids: Sequence[str]) -> None:
+        # A per-run suffix: two fleets of the same devices must not take over each other's sessions.
+        run = uuid.uuid4().hex[:6]
         self._clients = {
             d: MqttClient(MqttConfig(url=mqtt_url, username=d, password=device_password(device_secret, d),
-                                     client_id=f"sim-{d}"))
+                                     client_id=f"sim-{d}-{run}"))
             for d in device_ids
         }
         self.stats = FleetStats()
@@ -59,18 +62,17 @@ class Fleet:
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             while len(pending) >= window:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                self._count(done)
-            pending.add(self._clients[uplink.device_id].publish(uplink.topic, uplink.payload, qos))
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            fut = self._clients[uplink.device_id].publish(uplink.topic, uplink.payload, qos)
+            fut.add_done_callback(self._count)  # live counts for progress lines
+            pending.add(fut)
             self.stats.sent += 1
         if pending:
-            done, _ = await asyncio.wait(pending)
-            self._count(done)
+            await asyncio.wait(pending)
         return self.stats
 
-    def _count(self, done: set[asyncio.Future[None]]) -> None:
-        for fut in done:
-            if fut.exception() is None:
-                self.stats.acked += 1
-            else:
-                self.stats.errors += 1
+    def _count(self, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.stats.errors += 1
+        else:
+            self.stats.acked += 1

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from brokers.exceptions import BrokerError
 from brokers.mqtt import MqttClient, MqttConfig
 from citysense.records import RecordBatch
 from ingest.codecs import codec_named
@@ -110,7 +111,7 @@ async def test_loadgen_login_is_needed_for_other_devices_topics(service_env: Ser
     url = urlsplit(service_env.mqtt_url)
     pool = MqttPool(url.hostname or "127.0.0.1", url.port or 1883, username="citysense-loadgen",
                     password="wrong-password", size=1)
-    with pytest.raises(Exception, match="CONNACK|connection lost"):
+    with pytest.raises(BrokerError, match=r"CONNACK|connection lost"):
         await pool.start()
     await pool.stop()
 

@@ -94,7 +94,8 @@ async def test_sigkill_mid_stream_then_restart_stores_every_reading_once(
         except AssertionError:
             second.send_signal(signal.SIGTERM)
             _, err = second.communicate(timeout=30)
-            raise AssertionError(f"{await count_rows(database)} rows; writer said: {err.decode()[-3000:]}") from None
+            rows = await count_rows(database)
+            raise AssertionError(f"{rows} rows; writer said: {err.decode()[-3000:]}") from None
         await asyncio.sleep(1)
         assert await count_rows(database) == expected
     finally:
