@@ -213,7 +213,9 @@ def simulate(
 @scenario_app.command("export")
 def scenario_export(
     name: Annotated[str, typer.Argument(help="county or a city scenario YAML path")] = "county",
-    credentials: Annotated[bool, typer.Option(help="include credential_hash (needs the device secret)")] = True,
+    credentials: Annotated[
+        bool, typer.Option(help="include credential_hash (needs the device secret)")
+    ] = True,
 ) -> None:
     """Print the scenario's device registry (sites and devices) as JSON."""
     import json

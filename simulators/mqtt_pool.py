@@ -177,7 +177,12 @@ class MqttPool:
         return conn
 
     async def start(self) -> None:
-        self._conns = list(await asyncio.gather(*(self._open(i) for i in range(self.size))))
+        opened = await asyncio.gather(*(self._open(i) for i in range(self.size)), return_exceptions=True)
+        self._conns = [c for c in opened if isinstance(c, _Conn)]
+        failed = [c for c in opened if not isinstance(c, _Conn)]
+        if failed:
+            await self.stop()  # close the ones that did open
+            raise failed[0]
         self._pinger = asyncio.create_task(self._ping())
 
     async def _ping(self) -> None:

@@ -1,12 +1,14 @@
-"""The idempotent sink: binary COPY into staging tables, then insert-or-ignore.
+"""The idempotent sink: binary COPY straight into ``readings``, with a staged fallback.
 
-COPY is the fastest way into PostgreSQL, but it cannot skip rows that are
-already there. So each write COPYs into per-connection temporary tables
-(cleared on commit) and moves the rows with ``INSERT .. SELECT .. ON
-CONFLICT DO NOTHING``: re-delivered rows meet the primary key and vanish.
-The same statements upsert latest state and, on plain PostgreSQL, the
-rollups (``storage.write_sql``). Times travel as integer microseconds and
-become timestamptz in SQL, which avoids building a Python datetime per row.
+Each write is one transaction. Readings are first COPYed directly into
+``readings`` inside a savepoint, which is as fast as a bare COPY; if that
+meets the primary key (a re-delivery, or a duplicate inside the batch), the
+savepoint is rolled back and the rows go through a per-connection
+temporary stage and ``INSERT .. ON CONFLICT DO NOTHING``, so re-delivered
+rows vanish. Latest state is upserted from one row per (device, metric),
+reduced in Python; on plain PostgreSQL the touched rollup buckets are noted
+for ``storage.rollups`` (see ``storage.write_sql``). Times travel as integer
+microseconds, which avoids building a Python datetime per row.
 
 On plain PostgreSQL the partitions a batch needs are created first, in
 their own short transaction, from a per-sink cache of covered buckets.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import psycopg
@@ -27,15 +30,25 @@ from storage import write_sql as w
 from storage.base import WriteResult
 from storage.db import TRANSIENT, Conn, Query
 from storage.exceptions import StorageError, StorageUnavailableError
-from storage.schema import POSTGRES, Backend
+from storage.schema import POSTGRES, ROLLUPS, Backend
 from storage.settings import StorageSettings
 
 Row = tuple[object, ...]
 
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MINUTE_US = 60_000_000
+_HOUR_US = 3_600_000_000
+# Rollup widths must be whole minutes or hours: buckets are computed from the
+# PostgreSQL epoch (2000-01-01), which shares minute and hour boundaries with BUCKET_ORIGIN.
+assert {w // timedelta(microseconds=1) for w in ROLLUPS.values()} == {_MINUTE_US, _HOUR_US}
+
 
 @dataclass(slots=True)
 class _Rows:
-    readings: list[Row] = field(default_factory=list)
+    readings: list[Row] = field(default_factory=list)  # times: microseconds since 2000-01-01
+    # (device, metric) -> the newest reading of the batch (time, value, received; PG-epoch us)
+    latest: dict[tuple[str, str], tuple[int, float, int]] = field(default_factory=dict)
+    minutes: set[int] = field(default_factory=set)  # PG-epoch us of the minute buckets touched
     statuses: list[Row] = field(default_factory=list)
     health: list[Row] = field(default_factory=list)
     # device -> [last received (us), last device time (us) or -1]
@@ -44,12 +57,21 @@ class _Rows:
     @classmethod
     def of(cls, batches: Sequence[RecordBatch]) -> _Rows:
         out = cls()
+        latest = out.latest
+        minutes = out.minutes
+        append = out.readings.append
+        shift = w.PG_EPOCH_US
         for b in batches:
             last = -1
             for r in b.readings:
                 t = r.time_ns // 1000
-                out.readings.append(
-                    (r.device_id, r.metric, t, r.value, r.received_ns // 1000, r.seq, r.quality))
+                pt, pr = t - shift, r.received_ns // 1000 - shift
+                append((r.device_id, r.metric, pt, r.value, pr, r.seq, r.quality))
+                key = (r.device_id, r.metric)
+                have = latest.get(key)
+                if have is None or have[0] < pt:
+                    latest[key] = (pt, r.value, pr)
+                minutes.add(pt - pt % _MINUTE_US)
                 last = t if t > last else last
             for s in b.statuses:
                 t = s.time_ns // 1000
@@ -101,7 +123,7 @@ class ReadingsSink:
                 await self._ensure_partitions(conn, rows)
             async with conn.transaction():
                 await conn.execute(w.CREATE_STAGES)
-                inserted = await self._move_readings(conn, rows.readings)
+                inserted = await self._move_readings(conn, rows)
                 statuses = await self._move(
                     conn, rows.statuses, w.COPY_STATUS, w.STATUS_TYPES, w.STATUS_STATEMENT, count_query=True)
                 health = await self._move(
@@ -112,23 +134,28 @@ class ReadingsSink:
                     [rows.seen[d][1] if rows.seen[d][1] >= 0 else None for d in ids]))
         return WriteResult(len(rows.readings), inserted, statuses, health)
 
-    async def _move_readings(self, conn: Conn, rows: list[Row]) -> int:
-        if not rows:
+    async def _move_readings(self, conn: Conn, rows: _Rows) -> int:
+        if not rows.readings:
             return 0
+        note_dirty = self._backend == POSTGRES
         async with conn.cursor() as cur:
-            async with cur.copy(w.COPY_READINGS) as copy:
-                copy.set_types(w.READINGS_TYPES)
-                for row in rows:
-                    await copy.write_row(row)
             try:
                 async with conn.transaction():  # a savepoint: the fast path may meet a duplicate
-                    await cur.execute(w.READINGS_FAST_INSERT)
-                fast = True
+                    await _copy(cur, w.COPY_READINGS, w.READINGS_TYPES, rows.readings)
             except psycopg.errors.UniqueViolation:
-                fast = False  # a re-delivery: insert-or-ignore, and roll up only what is new
-            await cur.execute(w.readings_statement(fast=fast, with_rollups=self._backend == POSTGRES))
-            got = await cur.fetchone()
-            return int(got[0]) if got else 0
+                # A re-delivery (or a duplicate inside the batch): insert-or-ignore, and feed
+                # latest state and dirty buckets only from what is new.
+                await _copy(cur, w.COPY_READINGS_STAGE, w.READINGS_TYPES, rows.readings)
+                await cur.execute(w.slow_readings_statement(note_dirty=note_dirty))
+                got = await cur.fetchone()
+                return int(got[0]) if got else 0
+            await _copy(cur, w.COPY_LATEST_STAGE, w.LATEST_TYPES,
+                        [(d, m, *v) for (d, m), v in rows.latest.items()])
+            await cur.execute(w.LATEST_FROM_STAGE)
+            if note_dirty:
+                names, buckets = _dirty_buckets(rows.minutes)
+                await cur.execute(w.NOTE_DIRTY, (names, buckets))
+            return len(rows.readings)
 
     @staticmethod
     async def _move(conn: Conn, rows: list[Row], copy_sql: Query, types: list[str],
@@ -136,10 +163,7 @@ class ReadingsSink:
         if not rows:
             return 0
         async with conn.cursor() as cur:
-            async with cur.copy(copy_sql) as copy:
-                copy.set_types(types)
-                for row in rows:
-                    await copy.write_row(row)
+            await _copy(cur, copy_sql, types, rows)
             await cur.execute(statement)
             if count_query:
                 got = await cur.fetchone()
@@ -159,3 +183,23 @@ class ReadingsSink:
                 starts = [partitions.bucket_start(i, self._settings.chunk_interval) for i in missing]
                 await partitions.ensure(conn, table, starts, self._settings.chunk_interval)
                 covered |= missing
+
+
+async def _copy(cur: psycopg.AsyncCursor[object], statement: Query, types: list[str],
+                rows: Iterable[Row]) -> None:
+    async with cur.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            await copy.write_row(row)
+
+
+def _dirty_buckets(minutes: set[int]) -> tuple[list[str], list[datetime]]:
+    """(rollup names, bucket starts) of every rollup bucket holding one of ``minutes``."""
+    by_width = {_MINUTE_US: minutes, _HOUR_US: {m - m % _HOUR_US for m in minutes}}
+    names: list[str] = []
+    buckets: list[datetime] = []
+    for name, width in ROLLUPS.items():
+        for us in sorted(by_width[width // timedelta(microseconds=1)]):
+            names.append(name)
+            buckets.append(_PG_EPOCH + timedelta(microseconds=us))
+    return names, buckets

@@ -1,11 +1,23 @@
-"""The writer's SQL: staging tables and the statements that move staged rows.
+"""The writer's SQL: the fast COPY, staging tables and the statements that move staged rows.
 
-Each statement inserts staged rows with ``ON CONFLICT DO NOTHING`` and
-feeds only the rows it actually inserted (``RETURNING``) to the rollups and
-latest-state upserts in the same statement. A re-delivered row therefore
-inserts nothing and adds nothing to a rollup; a late row lands at its real
-time and is added to the rollup bucket of that time. Latest state is
-replaced only by a newer time. Groups are upserted in key order so two
+Fast path (every row new): readings are COPYed straight into ``readings``
+inside a savepoint; latest state is upserted from a stage holding one row
+per (device, metric) — the newest of the batch, reduced in Python — and the
+touched rollup buckets are noted in ``rollup_dirty``. Slow path (a
+re-delivery: the COPY met the primary key): the savepoint is rolled back,
+the rows are COPYed into a stage and inserted with ``ON CONFLICT DO
+NOTHING``; only the rows actually inserted (``RETURNING``) feed latest state
+and the dirty buckets. A re-delivered row therefore changes nothing, and a
+late row lands at its real time and dirties the buckets of that time.
+
+Rollups (PostgreSQL path) are not touched here: ``storage.rollups`` recomputes
+dirty buckets from raw rows in the background, and ``storage.queries`` reads
+raw rows for buckets still dirty, so answers stay exact.
+
+Times of readings travel as ``int8`` in binary COPY: PostgreSQL's binary
+``timestamptz`` *is* a big-endian int64 of microseconds since 2000-01-01 UTC,
+so ``microseconds since the Unix epoch - PG_EPOCH_US`` needs no Python
+datetime and no conversion in SQL. Groups are upserted in key order so two
 writers touching the same rows cannot deadlock in practice (and a deadlock
 would be retried).
 """
@@ -19,26 +31,38 @@ from psycopg import sql
 from storage.db import Query
 from storage.schema import BUCKET_ORIGIN, ROLLUPS
 
+# 2000-01-01 00:00 UTC in Unix microseconds: the zero of PostgreSQL's binary timestamptz.
+PG_EPOCH_US = 946_684_800 * 1_000_000
+
 READINGS_STAGE = sql.Identifier("readings_stage")
+LATEST_STAGE = sql.Identifier("latest_stage")
 STATUS_STAGE = sql.Identifier("status_stage")
 HEALTH_STAGE = sql.Identifier("health_stage")
 
 CREATE_STAGES = sql.SQL(
     """CREATE TEMP TABLE IF NOT EXISTS {r} (
-           device_id text, metric text, time_us bigint, value double precision,
-           received_us bigint, seq bigint, quality smallint) ON COMMIT DELETE ROWS;
+           device_id text, metric text, time timestamptz, value double precision,
+           received_at timestamptz, seq bigint, quality smallint) ON COMMIT DELETE ROWS;
+       CREATE TEMP TABLE IF NOT EXISTS {l} (
+           device_id text, metric text, time timestamptz, value double precision,
+           received_at timestamptz) ON COMMIT DELETE ROWS;
        CREATE TEMP TABLE IF NOT EXISTS {s} (
            device_id text, connector integer, time_us bigint, state text,
            error_code text, session_id text) ON COMMIT DELETE ROWS;
        CREATE TEMP TABLE IF NOT EXISTS {h} (
            device_id text, time_us bigint, rsrp_dbm real, sinr_db real,
            ce_level smallint, battery_v real) ON COMMIT DELETE ROWS"""
-).format(r=READINGS_STAGE, s=STATUS_STAGE, h=HEALTH_STAGE)
+).format(r=READINGS_STAGE, l=LATEST_STAGE, s=STATUS_STAGE, h=HEALTH_STAGE)
 
-COPY_READINGS = sql.SQL(
-    "COPY {} (device_id, metric, time_us, value, received_us, seq, quality) FROM STDIN (FORMAT BINARY)"
-).format(READINGS_STAGE)
+_READING_COLUMNS = sql.SQL("device_id, metric, time, value, received_at, seq, quality")
+# time and received_at are sent as int8: see the module docstring.
 READINGS_TYPES = ["text", "text", "int8", "float8", "int8", "int8", "int2"]
+COPY_READINGS = sql.SQL("COPY readings ({}) FROM STDIN (FORMAT BINARY)").format(_READING_COLUMNS)
+COPY_READINGS_STAGE = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+    READINGS_STAGE, _READING_COLUMNS)
+LATEST_TYPES = ["text", "text", "int8", "float8", "int8"]
+COPY_LATEST_STAGE = sql.SQL(
+    "COPY {} (device_id, metric, time, value, received_at) FROM STDIN (FORMAT BINARY)").format(LATEST_STAGE)
 
 COPY_STATUS = sql.SQL(
     "COPY {} (device_id, connector, time_us, state, error_code, session_id) FROM STDIN (FORMAT BINARY)"
@@ -56,67 +80,41 @@ def _ts(column: LiteralString) -> Query:
     return sql.SQL("timestamptz 'epoch' + {} * interval '1 microsecond'").format(sql.Identifier(column))
 
 
-_ROLLUP_UPSERT = """{cte} AS (
-    INSERT INTO {rollup} AS r (device_id, metric, bucket, value_sum, value_count,
-                               value_min, value_max, last_time, last_value)
-    SELECT device_id, metric, date_bin({width}, time, {origin}) AS bucket,
-           sum(value), count(*), min(value), max(value), max(time),
-           (array_agg(value ORDER BY time DESC))[1]
-    FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-        value_sum = r.value_sum + excluded.value_sum,
-        value_count = r.value_count + excluded.value_count,
-        value_min = least(r.value_min, excluded.value_min),
-        value_max = greatest(r.value_max, excluded.value_max),
-        last_value = CASE WHEN excluded.last_time > r.last_time
-                          THEN excluded.last_value ELSE r.last_value END,
-        last_time = greatest(r.last_time, excluded.last_time))"""
+_LATEST_UPSERT = """INSERT INTO latest_readings AS l (device_id, metric, time, value, received_at)
+    SELECT DISTINCT ON (device_id, metric) device_id, metric, time, value, received_at
+    FROM {source} ORDER BY device_id, metric, time DESC
+    ON CONFLICT (device_id, metric) DO UPDATE SET
+        time = excluded.time, value = excluded.value, received_at = excluded.received_at
+    WHERE l.time < excluded.time"""
+
+# Fast path: the stage already holds one row per (device, metric); DISTINCT ON is then a no-op sort.
+LATEST_FROM_STAGE = sql.SQL(_LATEST_UPSERT).format(source=LATEST_STAGE)
+
+# Fast path: the buckets (of every rollup) the batch touched, computed by the sink.
+NOTE_DIRTY = sql.SQL(
+    """INSERT INTO rollup_dirty (rollup, bucket)
+       SELECT * FROM unnest(%s::text[], %s::timestamptz[])""")
 
 
-_TAKE_STAGED = sql.SQL(
-    """INSERT INTO readings (device_id, metric, time, value, received_at, seq, quality)
-       SELECT device_id, metric, {t}, value, {rt}, seq, quality FROM {stage}"""
-).format(t=_ts("time_us"), rt=_ts("received_us"), stage=READINGS_STAGE)
+def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
+    """Insert-or-ignore the staged readings; latest state (and dirty buckets) from the rows inserted.
 
-# Fast path, run in a savepoint: a plain insert (no conflict arbitration) of every staged row.
-# A unique violation means some rows are already stored: roll back to the savepoint and use
-# ``readings_statement(fast=False)``, which skips them.
-READINGS_FAST_INSERT = _TAKE_STAGED
-
-
-def readings_statement(*, fast: bool, with_rollups: bool) -> sql.Composed:
-    """Upsert latest values (and rollups) from the rows inserted; yields the inserted count.
-
-    ``fast``: every staged row was just inserted by ``READINGS_FAST_INSERT``, so they are
-    read back from the staging table. Otherwise this statement inserts them itself with
-    ``ON CONFLICT DO NOTHING`` and only the rows actually inserted feed the upserts.
+    Yields the number of rows inserted.
     """
-    if fast:
-        source = sql.SQL(
-            "ins AS (SELECT device_id, metric, {t} AS time, value, {rt} AS received_at FROM {stage})"
-        ).format(t=_ts("time_us"), rt=_ts("received_us"), stage=READINGS_STAGE)
-    else:
-        source = sql.SQL(
-            """ins AS ({take} ON CONFLICT DO NOTHING
-                RETURNING device_id, metric, time, value, received_at)"""
-        ).format(take=_TAKE_STAGED)
     ctes: list[sql.Composable] = [
-        source,
         sql.SQL(
-            """latest AS (
-            INSERT INTO latest_readings AS l (device_id, metric, time, value, received_at)
-            SELECT DISTINCT ON (device_id, metric) device_id, metric, time, value, received_at
-            FROM ins ORDER BY device_id, metric, time DESC
-            ON CONFLICT (device_id, metric) DO UPDATE SET
-                time = excluded.time, value = excluded.value, received_at = excluded.received_at
-            WHERE l.time < excluded.time)"""
-        ),
+            """ins AS (INSERT INTO readings ({cols}) SELECT {cols} FROM {stage}
+                ON CONFLICT DO NOTHING RETURNING device_id, metric, time, value, received_at)"""
+        ).format(cols=_READING_COLUMNS, stage=READINGS_STAGE),
+        sql.SQL("latest AS ({})").format(sql.SQL(_LATEST_UPSERT).format(source=sql.Identifier("ins"))),
     ]
-    if with_rollups:
+    if note_dirty:
         for name, width in ROLLUPS.items():
-            ctes.append(sql.SQL(_ROLLUP_UPSERT).format(
-                cte=sql.Identifier(f"up_{name}"), rollup=sql.Identifier(name),
-                width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN)))
+            ctes.append(sql.SQL(
+                """{cte} AS (INSERT INTO rollup_dirty (rollup, bucket)
+                   SELECT DISTINCT {name}, date_bin({width}, time, {origin}) FROM ins)"""
+            ).format(cte=sql.Identifier(f"dirty_{name}"), name=sql.Literal(name),
+                     width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN)))
     return sql.SQL("WITH {} SELECT count(*) FROM ins").format(sql.SQL(",\n").join(ctes))
 
 

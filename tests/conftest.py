@@ -55,8 +55,9 @@ def service_env() -> ServiceEnv:
     if result.returncode != 0:
         pytest.fail(f"local services failed to start:\n{result.stdout}\n{result.stderr}")
     env = read_env_file(state / "env")
+    # CITYSENSE_TEST_DATABASE_URL points the tests at another server (e.g. one with TimescaleDB).
     return ServiceEnv(
-        database_url=env["CITYSENSE_DATABASE_URL"],
+        database_url=os.environ.get("CITYSENSE_TEST_DATABASE_URL") or env["CITYSENSE_DATABASE_URL"],
         kafka_bootstrap=env["CITYSENSE_KAFKA_BOOTSTRAP"],
         mqtt_url=env["CITYSENSE_MQTT_URL"],
         bridge_username=env["CITYSENSE_MQTT_BRIDGE_USERNAME"],
