@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from brokers.base import Bus, Consumer, Message, TopicPartition
 from brokers.exceptions import CommitFailedError
 from citysense.exceptions import CitysenseError
+from citysense.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,12 @@ class ConsumerStage:
         poll_timeout_ms: int = 200,
         retry_backoff_s: float = 0.5,
         max_retry_backoff_s: float = 10.0,
+        metrics: Metrics | None = None,
+        name: str = "stage",
     ) -> None:
         self._handler = handler
+        self._metrics = metrics
+        self.name = name
         self._max_records = max_records
         self._poll_timeout_ms = poll_timeout_ms
         self._retry_backoff_s = retry_backoff_s
@@ -73,6 +79,7 @@ class ConsumerStage:
             batches = {tp: msgs for tp, msgs in batches.items() if tp in owned}
             if not batches:
                 return
+            started = time.perf_counter()
             await self._handle_with_retries(batches)
             offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
             try:
@@ -82,7 +89,11 @@ class ConsumerStage:
                 log.warning("offset commit lost to a rebalance: %s", exc)
                 return
             self.batches_committed += 1
-            self.records_committed += sum(len(m) for m in batches.values())
+            count = sum(len(m) for m in batches.values())
+            self.records_committed += count
+            if self._metrics is not None:
+                self._metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
+                self._metrics.records.labels(self.name, "committed").inc(count)
 
     async def _handle_with_retries(self, batches: Batches) -> None:
         delay = self._retry_backoff_s
@@ -94,5 +105,7 @@ class ConsumerStage:
                 if not exc.retriable or self._stopping.is_set():
                     raise
                 log.warning("retriable failure, retrying in %.1fs: %s", delay, exc)
+                if self._metrics is not None:
+                    self._metrics.retries.labels(self.name).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_backoff_s)

@@ -16,6 +16,7 @@ from brokers.base import TopicSpec
 from brokers.kafka import KafkaBus
 from brokers.mqtt import MqttClient, MqttConfig
 from citysense.exceptions import ConfigurationError
+from citysense.metrics import Metrics
 from citysense.settings import CommonSettings
 from ingest.bridge import Bridge
 from ingest.normaliser import Normaliser
@@ -63,7 +64,16 @@ async def migrate_db(settings: CommonSettings) -> list[int]:
         return await migrations.migrate(conn)
 
 
-def build_bridge(settings: BridgeSettings) -> Bridge:
+def metrics_for(settings: CommonSettings) -> Metrics:
+    """The process's metrics; served on ``CITYSENSE_METRICS_PORT`` when it is set."""
+    metrics = Metrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    return metrics
+
+
+def build_bridge(settings: BridgeSettings, metrics: Metrics | None = None) -> Bridge:
     _require(settings.kafka_bootstrap, "KAFKA_BOOTSTRAP")
     _require(settings.mqtt_url, "MQTT_URL")
     assert settings.mqtt_url is not None
@@ -82,12 +92,12 @@ def build_bridge(settings: BridgeSettings) -> Bridge:
     )
     producer = KafkaBus(settings.kafka_config("citysense-bridge")).producer()
     return Bridge(mqtt, producer, settings.topic_raw, share_group=settings.bridge_share_group,
-                  max_batch=settings.bridge_max_batch)
+                  max_batch=settings.bridge_max_batch, metrics=metrics)
 
 
 async def run_bridge(settings: BridgeSettings) -> None:
     await create_topics(settings)
-    bridge = build_bridge(settings)
+    bridge = build_bridge(settings, metrics_for(settings))
     _on_signals(bridge.request_stop)
     log.info("bridge: MQTT %s -> Kafka %s", settings.mqtt_url, settings.topic_raw)
     await bridge.run()
@@ -95,7 +105,8 @@ async def run_bridge(settings: BridgeSettings) -> None:
 
 async def run_normaliser(settings: NormaliserSettings) -> None:
     await create_topics(settings)
-    normaliser = Normaliser.from_settings(KafkaBus(settings.kafka_config("citysense-normalise")), settings)
+    bus = KafkaBus(settings.kafka_config("citysense-normalise"))
+    normaliser = Normaliser.from_settings(bus, settings, metrics_for(settings))
     _on_signals(normaliser.request_stop)
     log.info("normaliser: %s -> %s (+ %s)", settings.topic_raw, settings.topic_readings, settings.topic_dlq)
     await normaliser.run()
@@ -113,6 +124,7 @@ async def run_writer(settings: WriterSettings) -> None:
             KafkaBus(settings.kafka_config("citysense-writer")), ReadingsSink(pool, settings),
             readings_topic=settings.topic_readings, dlq_topic=settings.topic_dlq,
             group=settings.writer_group, max_records=settings.writer_max_records,
+            metrics=metrics_for(settings),
         )
         _on_signals(writer.request_stop)
         log.info("writer: %s -> database", settings.topic_readings)

@@ -41,6 +41,8 @@ class CommonSettings(BaseSettings):
     dlq_partitions: int = Field(default=2, ge=1)
 
     kafka_linger_ms: int = Field(default=5, ge=0)
+    # Serve Prometheus /metrics on 127.0.0.1:<port> when set (one port per process).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     def kafka_config(self, client_id: str) -> KafkaConfig:
         if not self.kafka_bootstrap:

@@ -15,6 +15,7 @@ import logging
 from brokers.base import Producer
 from brokers.exceptions import BrokerError
 from brokers.mqtt import InboundMessage, MqttClient
+from citysense.metrics import Metrics
 from citysense.records import Envelope, encode
 from ingest.topics import UPLINK_FILTER, parse_uplink_topic
 
@@ -38,7 +39,9 @@ class Bridge:
         share_group: str = "citysense-bridge",
         max_batch: int = 2000,
         retry_backoff_s: float = 0.5,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._mqtt = mqtt
         self._producer = producer
         self._raw_topic = raw_topic
@@ -76,6 +79,10 @@ class Bridge:
                 if not exc.retriable or self._stopping.is_set():
                     raise
                 log.warning("raw topic produce failed, retrying: %s", exc)
+                if self._metrics is not None:
+                    self._metrics.retries.labels("bridge").inc()
                 await asyncio.sleep(self._retry_backoff_s)
         self._mqtt.ack(batch)
         self.forwarded += len(batch)
+        if self._metrics is not None:
+            self._metrics.records.labels("bridge", "forwarded").inc(len(batch))

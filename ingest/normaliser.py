@@ -24,6 +24,7 @@ import msgspec
 
 from brokers.base import Bus, KeyValue, Message, Producer, TopicPartition
 from brokers.stage import Batches, ConsumerStage
+from citysense.metrics import Metrics
 from citysense.records import DeadLetter, RecordBatch, decode_envelope, encode
 from ingest.clock import NS, ClockPolicy, adjust
 from ingest.codecs import CODECS, Codec, DecodeError
@@ -35,6 +36,7 @@ from ingest.dlq import (
     BAD_TOPIC,
     INTERNAL_ERROR,
     KIND_MISMATCH,
+    STAGE,
     UNKNOWN_DEVICE,
     UNKNOWN_PROFILE,
     dead_letter,
@@ -180,19 +182,22 @@ class Normaliser:
         self, bus: Bus, *, raw_topic: str, readings_topic: str, dlq_topic: str,
         group: str = "citysense-normalise", max_records: int = 10_000,
         config: NormaliseConfig | None = None, directory: DeviceDirectory | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._producer: Producer = bus.producer()
         self._readings_topic = readings_topic
         self._dlq_topic = dlq_topic
         self.normalise = Normalise(config, directory)
         self.dedupe = Deduper(self.normalise.config.dedupe_window)
-        self.stage = ConsumerStage(bus, [raw_topic], group, self._handle, max_records=max_records)
+        self._metrics = metrics
+        self.stage = ConsumerStage(bus, [raw_topic], group, self._handle, max_records=max_records,
+                                   metrics=metrics, name=STAGE)
         self.readings_out = 0  # record batches produced (one per good uplink)
         self.dead_letters = 0
         self.counters = Counters()
 
     @classmethod
-    def from_settings(cls, bus: Bus, s: NormaliserSettings) -> Normaliser:
+    def from_settings(cls, bus: Bus, s: NormaliserSettings, metrics: Metrics | None = None) -> Normaliser:
         directory = StaticDirectory.load(s.normalise_registry) if s.normalise_registry else None
         if directory is not None:
             log.info("device directory: %d devices from %s", len(directory), s.normalise_registry)
@@ -200,7 +205,7 @@ class Normaliser:
             log.info("no device registry configured: accepting every device of a known kind")
         return cls(bus, raw_topic=s.topic_raw, readings_topic=s.topic_readings, dlq_topic=s.topic_dlq,
                    group=s.normalise_group, max_records=s.normalise_max_records,
-                   config=NormaliseConfig.from_settings(s), directory=directory)
+                   config=NormaliseConfig.from_settings(s), directory=directory, metrics=metrics)
 
     def request_stop(self) -> None:
         self.stage.request_stop()
@@ -235,6 +240,8 @@ class Normaliser:
                     late += out.late
                 if out.dead is not None:
                     bad.append((message.key, encode(out.dead)))
+                    if self._metrics is not None:
+                        self._metrics.dead_letters.labels(STAGE, out.dead.reason_code).inc()
                 duplicates += out.duplicate
         try:
             await asyncio.gather(
@@ -253,3 +260,9 @@ class Normaliser:
         c.duplicates += duplicates
         c.clock_corrected += corrected
         c.late += late
+        if self._metrics is not None:
+            m = self._metrics.records
+            m.labels(STAGE, "readings").inc(readings)
+            m.labels(STAGE, "duplicates").inc(duplicates)
+            m.labels(STAGE, "clock_corrected").inc(corrected)
+            m.labels(STAGE, "late").inc(late)

@@ -13,6 +13,7 @@ import msgspec
 
 from brokers.base import Bus, KeyValue
 from brokers.stage import Batches, ConsumerStage
+from citysense.metrics import Metrics
 from citysense.records import DeadLetter, RecordBatch, decode_batch, encode
 from storage.base import Sink
 
@@ -23,12 +24,14 @@ BAD_RECORD = "bad_record"
 class Writer:
     def __init__(
         self, bus: Bus, sink: Sink, *, readings_topic: str, dlq_topic: str,
-        group: str = "citysense-writer", max_records: int = 5000,
+        group: str = "citysense-writer", max_records: int = 5000, metrics: Metrics | None = None,
     ) -> None:
         self._sink = sink
+        self._metrics = metrics
         self._producer = bus.producer()
         self._dlq_topic = dlq_topic
-        self.stage = ConsumerStage(bus, [readings_topic], group, self._handle, max_records=max_records)
+        self.stage = ConsumerStage(bus, [readings_topic], group, self._handle, max_records=max_records,
+                                   metrics=metrics, name=STAGE)
         self.rows_inserted = 0
 
     def request_stop(self) -> None:
@@ -56,3 +59,8 @@ class Writer:
             await self._producer.send_batch(self._dlq_topic, dead)
         result = await self._sink.write(records)
         self.rows_inserted += result.readings_inserted
+        if self._metrics is not None:
+            self._metrics.records.labels(STAGE, "readings_offered").inc(result.readings_offered)
+            self._metrics.records.labels(STAGE, "readings_inserted").inc(result.readings_inserted)
+            if dead:
+                self._metrics.dead_letters.labels(STAGE, BAD_RECORD).inc(len(dead))
