@@ -16,6 +16,8 @@ from psycopg import sql
 
 from storage.db import Conn
 
+HORIZON_KEY = "readings_dropped_before"  # schema_meta: end of the newest dropped readings partition
+
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 _ORIGIN_US = int(ORIGIN.timestamp()) * 1_000_000
 
@@ -94,12 +96,20 @@ async def drop_expired(conn: Conn, table: str, before: datetime) -> list[str]:
     async with conn.transaction():
         await _lock(conn, table)
         cur = await conn.execute(
-            "SELECT name FROM time_partitions WHERE parent = %s AND range_end <= %s ORDER BY range_start",
-            (table, before))
-        names = [str(r[0]) for r in await cur.fetchall()]
+            "SELECT name, range_end FROM time_partitions WHERE parent = %s AND range_end <= %s"
+            " ORDER BY range_start", (table, before))
+        dropped = await cur.fetchall()
+        names = [str(r[0]) for r in dropped]
         for name in names:
             await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
         await conn.execute("DELETE FROM time_partitions WHERE parent = %s AND name = ANY(%s)", (table, names))
+        if names and table == "readings":
+            # Rollup buckets before this have lost their raw rows: never recompute them.
+            await conn.execute(
+                """INSERT INTO schema_meta (key, value) VALUES (%s, %s::timestamptz::text)
+                   ON CONFLICT (key) DO UPDATE SET
+                       value = greatest(schema_meta.value::timestamptz, excluded.value::timestamptz)::text""",
+                (HORIZON_KEY, max(r[1] for r in dropped)))
     return names
 
 

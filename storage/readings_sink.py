@@ -88,7 +88,7 @@ class _Rows:
 
 
 class ReadingsSink:
-    """Writes readings, charger statuses and health, and keeps latest state and rollups current."""
+    """Writes readings, charger statuses and health; keeps latest state, notes dirty rollup buckets."""
 
     def __init__(self, pool: AsyncConnectionPool, settings: StorageSettings | None = None) -> None:
         self._pool = pool
@@ -176,7 +176,8 @@ class ReadingsSink:
             "readings": rows.readings, "charger_status": rows.statuses, "device_health": rows.health}
         for table, table_rows in needed.items():
             time_col = 1 if table == "device_health" else 2
-            buckets = {partitions.bucket_index(cast(int, r[time_col]), width) for r in table_rows}
+            shift = w.PG_EPOCH_US if table == "readings" else 0  # readings carry PG-epoch times
+            buckets = {partitions.bucket_index(cast(int, r[time_col]) + shift, width) for r in table_rows}
             covered = self._covered.setdefault(table, set())
             missing = buckets - covered
             if missing:

@@ -11,7 +11,9 @@ layer needs no branches:
 - ``readings_1m``, ``readings_1h``: rollups with ``value_sum``,
   ``value_count``, ``value_min``, ``value_max``, ``last_time``,
   ``last_value``. TimescaleDB: continuous aggregates with real-time
-  aggregation. PostgreSQL: tables the writer upserts in its transaction.
+  aggregation. PostgreSQL: tables recomputed from raw rows for the buckets
+  listed in ``rollup_dirty`` (``storage.rollups``); queries read raw rows for
+  buckets still dirty.
 - ``latest_readings``, ``device_state``, ``charger_connectors``,
   ``charger_sessions``: current state, upserted only by newer rows. Tables
   updated in place get ``fillfactor = 70`` so the updates stay HOT.
@@ -156,8 +158,20 @@ def time_series(backend: Backend, chunk_interval: timedelta) -> list[Query]:
 
 
 def rollups(backend: Backend) -> list[Query]:
-    """1-minute and 1-hour rollups of readings: tables (PostgreSQL) or continuous aggregates."""
-    out: list[Query] = []
+    """1-minute and 1-hour rollups of readings: tables (PostgreSQL) or continuous aggregates.
+
+    ``rollup_dirty`` lists the rollup buckets whose raw rows changed since they were
+    last computed (PostgreSQL path; always empty on TimescaleDB). It has no key, so
+    concurrent writers never wait on each other; ``storage.rollups`` recomputes and
+    deletes entries, and queries read raw rows for the buckets it lists. The BRIN
+    index on ``readings (time)`` lets the recompute read a minute or an hour of rows.
+    """
+    out: list[Query] = [sql.SQL(
+        "CREATE TABLE rollup_dirty (rollup text NOT NULL, bucket timestamptz NOT NULL)")]
+    if backend == POSTGRES:
+        out.append(sql.SQL(
+            "CREATE INDEX readings_time_brin ON readings USING brin (time)"
+            " WITH (pages_per_range = 16, autosummarize = on)"))
     for name, width in ROLLUPS.items():
         if backend == POSTGRES:
             out.append(sql.SQL(

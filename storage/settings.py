@@ -34,6 +34,9 @@ class StorageSettings(CommonSettings):
     offline_factor: float = Field(default=3.0, gt=0)
     # How often a writer runs maintenance (partitions ahead, retention); 0 disables.
     maintenance_interval_s: float = Field(default=3600.0, ge=0)
+    # How often a writer recomputes dirty rollup buckets (PostgreSQL path); 0 disables.
+    # Queries stay exact in between (they read raw rows for dirty buckets), only slower.
+    rollup_refresh_interval_s: float = Field(default=15.0, ge=0)
 
     @model_validator(mode="after")
     def _check_intervals(self) -> StorageSettings:

@@ -55,9 +55,11 @@ class Writer:
                     letter = DeadLetter(BAD_RECORD, f"not a record batch: {exc}", STAGE, m.topic,
                                         m.partition, m.offset, m.value, "", time.time_ns())
                     dead.append((m.key, encode(letter)))
+        # The sink first: its write is idempotent, a dead-letter send is not, so a retried
+        # batch (transient database failure) does not dead-letter the same record twice.
+        result = await self._sink.write(records)
         if dead:
             await self._producer.send_batch(self._dlq_topic, dead)
-        result = await self._sink.write(records)
         self.rows_inserted += result.readings_inserted
         if self._metrics is not None:
             self._metrics.records.labels(STAGE, "readings_offered").inc(result.readings_offered)

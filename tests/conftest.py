@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -110,8 +111,18 @@ def empty_database(service_env: ServiceEnv, unique: str) -> Iterator[str]:
     try:
         yield _db_url(service_env.database_url, name)
     finally:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         with psycopg.connect(service_env.database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            for attempt in range(20):
+                try:
+                    conn.execute(drop)
+                    break
+                except psycopg.errors.InsufficientPrivilege:
+                    # TimescaleDB: its per-database scheduler (a superuser worker) is told to stop
+                    # by DROP DATABASE but may not have exited yet when FORCE terminates backends.
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.1)
 
 
 @pytest.fixture

@@ -1,0 +1,192 @@
+"""Storage benchmark on the TimescaleDB path: writer vs raw COPY, refresh, compression, queries.
+
+    CITYSENSE_DATABASE_URL=postgresql://...server-with-timescaledb... \\
+        .venv/bin/python -m loadtests.storage_bench_timescale [--devices 1000] [--uplinks 20] [--batch 800]
+
+The TimescaleDB counterpart of ``loadtests.storage_bench`` (same stream, same
+A-B-B-A alternation of raw binary COPY and ``ReadingsSink.write`` into the
+same hypertable, same query cases). It needs a server where the
+``timescaledb`` extension is available (the project's Debian PostgreSQL has
+none) and refuses to run otherwise. The policy jobs of the scratch database
+are paused so the scheduler does not refresh or compress under the clock;
+continuous-aggregate refresh and compression are timed explicitly instead.
+Figures, not assertions: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+import loadtests.storage_bench as pg_bench
+from loadtests.storage_bench import _chunks, _with_redeliveries, raw_copy, writer
+from loadtests.storage_common import latency_ms, scratch_database, uplinks
+from storage import migrations, queries, timescale
+from storage.db import open_pool
+from storage.readings_sink import ReadingsSink
+from storage.schema import ROLLUPS, TIMESCALE
+from storage.settings import StorageSettings
+
+BASE = datetime(2031, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+_GENERATE: tuple[sql.SQL, ...] = (
+    sql.SQL("""INSERT INTO devices (device_id, kind, profile, network, township, district, report_interval_s)
+        SELECT 'dev-' || lpad(g::text, 6, '0'), (ARRAY['air', 'noise', 'water', 'charger'])[1 + g % 4],
+               'bench', 'lte-cat1', 'township-' || (g % 200), 'district-' || (g % 20), 60
+        FROM generate_series(0, 99999) g"""),
+    sql.SQL("""INSERT INTO latest_readings (device_id, metric, time, value, received_at)
+        SELECT device_id, m, {now} - (hashint4(length(device_id) + ascii(m)) % 600) * interval '1 second',
+               (hashtext(device_id || m) % 1000) / 10.0, {now}
+        FROM devices, unnest(ARRAY['pm25', 'no2']) m"""),
+    sql.SQL("""INSERT INTO device_state (device_id, last_seen, last_time)
+        SELECT device_id, {now} - (abs(hashtext(device_id)) % 400) * interval '1 second', {now}
+        FROM devices"""),
+    # A day of 1-minute data for 300 devices (the series cases) ...
+    sql.SQL("""INSERT INTO readings (device_id, metric, time, value, received_at)
+        SELECT 'dev-' || lpad(d::text, 6, '0'), 'pm25', t, (d + extract(minute FROM t)) % 100, t
+        FROM generate_series(0, 299) d,
+             generate_series({now} - interval '1 day', {now} - interval '1 minute',
+                             interval '1 minute') t"""),
+    # ... and 30 days of hourly data for 2,000 devices: 1.44 M rows of the 1-hour aggregate.
+    sql.SQL("""INSERT INTO readings (device_id, metric, time, value, received_at)
+        SELECT 'dev-' || lpad(d::text, 6, '0'), 'no2', h, d % 100, h
+        FROM generate_series(0, 1999) d,
+             generate_series({now} - interval '30 days', {now} - interval '1 hour', interval '1 hour') h"""),
+)
+
+
+async def _pause_policies(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                           "WHERE hypertable_name IS NOT NULL")
+
+
+async def _refresh(url: str, lo: datetime, hi: datetime) -> float:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        t = time.perf_counter()
+        for rollup in ROLLUPS:
+            await conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (rollup, lo, hi))
+        return time.perf_counter() - t
+
+
+async def bench_writes(url: str, devices: int, per_device: int) -> None:
+    pool = await open_pool(url, max_size=2)
+    try:
+        streams = [uplinks(devices, per_device, BASE + i * DAY) for i in range(6)]
+        sink = ReadingsSink(pool, StorageSettings.model_construct())
+        rows_a, secs_a = await raw_copy(pool, streams[0])
+        off_b, ins_b, secs_b = await writer(sink, _chunks(streams[1]))
+        off_c, ins_c, secs_c = await writer(sink, _chunks(streams[2]))
+        rows_d, secs_d = await raw_copy(pool, streams[3])
+        raw_rate = (rows_a + rows_d) / (secs_a + secs_d)
+        writer_rate = (off_b + off_c) / (secs_b + secs_c)
+        off_e, ins_e, secs_e = await writer(sink, _with_redeliveries(_chunks(streams[4])))
+        rows_f, secs_f = await raw_copy(pool, streams[5])
+    finally:
+        await pool.close()
+    secs_r = await _refresh(url, BASE - DAY, BASE + 8 * DAY)
+    total = rows_a + ins_b + ins_c + ins_e + rows_d + rows_f
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        before = await _size(conn)
+        t = time.perf_counter()
+        await conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('readings') c")
+        secs_z = time.perf_counter() - t
+        after = await _size(conn)
+    print(f"write (TimescaleDB): {devices} devices x {per_device} uplinks x 6 readings per run, "
+          f"{pg_bench.CHUNK} uplinks = {pg_bench.CHUNK * 6} readings per transaction")
+    print(f"  raw binary COPY          {raw_rate:>9,.0f} rows/s  ({rows_a + rows_d:,} rows)")
+    print(f"  writer (no duplicates)   {writer_rate:>9,.0f} rows/s  ratio {writer_rate / raw_rate:.2f}"
+          f"  ({ins_b + ins_c:,} inserted)")
+    dup_raw = (rows_d + rows_f) / (secs_d + secs_f)
+    dup_rate = off_e / secs_e
+    print(f"  writer (25% re-delivered){dup_rate:>9,.0f} offered rows/s  ratio {dup_rate / dup_raw:.2f}"
+          f"  ({off_e:,} offered, {ins_e:,} inserted; raw COPY around it {dup_raw:,.0f})")
+    written = ins_b + ins_c + ins_e
+    print(f"  continuous-aggregate refresh (1 m + 1 h) {total / secs_r:>9,.0f} raw rows/s "
+          f"({total:,} rows, {secs_r:.1f}s)")
+    combined = written / (secs_b + secs_c + secs_e + secs_r * written / total)
+    print(f"  writer + its share of the refresh {combined:>9,.0f} rows/s  ratio {combined / raw_rate:.2f}")
+    print(f"  readings heap + indexes {before / total:.1f} B/value; compressed (segment by device) "
+          f"{after / total:.1f} B/value, x{before / after:.1f}, in {secs_z:.1f}s")
+
+
+async def _size(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
+    cur = await conn.execute("SELECT hypertable_size('readings')")
+    row = await cur.fetchone()
+    value = row[0] if row else None
+    return value if isinstance(value, int) else 0
+
+
+async def bench_queries(url: str) -> None:
+    now = BASE + 40 * DAY
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        t = time.perf_counter()
+        for statement in _GENERATE:
+            await conn.execute(statement.format(now=sql.Literal(now)))
+        secs_g = time.perf_counter() - t
+    secs_r = await _refresh(url, now - 31 * DAY, now)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("VACUUM ANALYZE")
+    print(f"query data generated in {secs_g:.1f}s, aggregates refreshed in {secs_r:.1f}s: 100,000 devices, "
+          "200,000 latest values, 432,000 raw rows (300 devices x 1 day x 1 min), "
+          "1,440,000 raw rows and 1-hour aggregate rows (2,000 devices x 30 days x 1 h)")
+    pool = await open_pool(url, max_size=2)
+    try:
+        async with pool.connection() as conn:
+            cases = {
+                "latest per device, all 100,000 devices (200,000 values)":
+                    lambda: queries.latest_per_device(conn),
+                "latest per device, one district (5,000 devices)":
+                    lambda: queries.latest_per_device(conn, district="district-7"),
+                "24-hour 1-minute avg series (1-minute aggregate)":
+                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1)),
+                "24-hour 1-minute avg series (raw rows)":
+                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1),
+                                           source="raw"),
+                "readings by district over 30 days (1-hour aggregate)":
+                    lambda: queries.reading_counts(conn, "district", now - 30 * DAY, now),
+                "devices by district, online/offline (100,000)":
+                    lambda: queries.device_counts(conn, "district", now=now),
+                "devices by status (100,000)":
+                    lambda: queries.device_counts(conn, "status", now=now),
+            }
+            print("query latency (median / max of 7, ms):")
+            for name, fn in cases.items():
+                median, worst = await latency_ms(fn, 7)
+                print(f"  {name:<58} {median:8.1f} / {worst:8.1f}")
+    finally:
+        await pool.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--uplinks", type=int, default=20, help="uplinks per device per run")
+    parser.add_argument("--batch", type=int, default=pg_bench.CHUNK,
+                        help="uplinks (Kafka records) per transaction")
+    args = parser.parse_args()
+    pg_bench.CHUNK = args.batch  # _chunks reads it there
+    started = time.perf_counter()
+    async with scratch_database("cs_bench_ts") as url:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await migrations.migrate(conn, prefer_timescale=True)
+            if await migrations.backend(conn) != TIMESCALE:
+                raise SystemExit("timescaledb is not available on this server: nothing to measure")
+            await conn.commit()
+            version = await timescale.installed_version(conn)
+        print(f"timescaledb {version}")
+        await _pause_policies(url)
+        await bench_writes(url, args.devices, args.uplinks)
+        await bench_queries(url)
+    print(f"total {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

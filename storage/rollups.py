@@ -1,0 +1,122 @@
+"""Rollup refresh on the PostgreSQL path: recompute dirty buckets from raw rows.
+
+The writer does not touch ``readings_1m`` / ``readings_1h``; it appends the
+buckets a batch touched to ``rollup_dirty`` (no key, so writers never wait on
+each other). ``refresh`` takes the *closed* dirty buckets (bucket end <= now),
+deletes their entries and recomputes those buckets from ``readings`` with
+``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``, all under one
+snapshot (REPEATABLE READ), so:
+
+- recomputing from raw rows is idempotent and takes late rows at their real time;
+- a writer committing after the snapshot leaves its own entries behind, so its
+  rows are picked up by the next refresh and, until then, served raw by
+  ``storage.queries`` (which reads raw rows for every bucket still listed).
+
+Open buckets (the current minute and hour) stay dirty until they close, so
+each bucket is normally computed once; their entries are compacted to one per
+bucket. Buckets before the retention horizon
+(the end of the newest dropped ``readings`` partition) are not recomputed:
+their raw rows are gone, and a row accepted there after the drop would
+otherwise replace a full bucket with a partial one; their entries are just
+deleted. On TimescaleDB the continuous aggregates do all this and ``refresh``
+does nothing. One refresh runs at a time (advisory lock; others return at once).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from psycopg import pq, sql
+
+from storage import migrations
+from storage.db import Conn
+from storage.partitions import HORIZON_KEY
+from storage.schema import BUCKET_ORIGIN, ROLLUPS, TIMESCALE
+
+log = logging.getLogger(__name__)
+
+_LOCK_KEY = 0x726F6C6C  # "roll"
+
+
+@dataclass(slots=True)
+class RefreshReport:
+    buckets: dict[str, int]  # rollup -> buckets recomputed
+    skipped: int = 0  # dirty buckets before the retention horizon, dropped unrecomputed
+    busy: bool = False  # another refresh held the lock
+
+    def summary(self) -> str:
+        done = ", ".join(f"{n} {name}" for name, n in self.buckets.items())
+        return f"rollups refreshed: {done or 'nothing'}; {self.skipped} past retention skipped"
+
+
+def _recompute(name: str, width: timedelta) -> sql.Composed:
+    return sql.SQL(
+        """INSERT INTO {rollup} AS r (device_id, metric, bucket, value_sum, value_count,
+                                      value_min, value_max, last_time, last_value)
+           SELECT device_id, metric, date_bin({width}, time, {origin}), sum(value), count(*),
+                  min(value), max(value), max(time), (array_agg(value ORDER BY time DESC))[1]
+           FROM readings WHERE time >= %(lo)s AND time < %(hi)s
+           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+               value_sum = excluded.value_sum, value_count = excluded.value_count,
+               value_min = excluded.value_min, value_max = excluded.value_max,
+               last_time = excluded.last_time, last_value = excluded.last_value
+           WHERE (r.value_sum, r.value_count, r.value_min, r.value_max, r.last_time, r.last_value)
+                 IS DISTINCT FROM (excluded.value_sum, excluded.value_count, excluded.value_min,
+                                   excluded.value_max, excluded.last_time, excluded.last_value)"""
+    ).format(rollup=sql.Identifier(name), width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN))
+
+
+_TAKE_CLOSED = sql.SQL(
+    "DELETE FROM rollup_dirty WHERE rollup = %(rollup)s AND bucket <= %(closed)s RETURNING bucket")
+
+# Open buckets get one entry per write; keep one per bucket so the table (read by every
+# rollup query) stays small. Entries committed after our snapshot are left alone.
+_COMPACT_OPEN = sql.SQL(
+    """WITH gone AS (DELETE FROM rollup_dirty WHERE rollup = %(rollup)s AND bucket > %(closed)s
+                     RETURNING bucket)
+       INSERT INTO rollup_dirty (rollup, bucket) SELECT DISTINCT %(rollup)s, bucket FROM gone""")
+
+
+def runs(buckets: list[datetime], width: timedelta) -> list[tuple[datetime, datetime]]:
+    """Sorted bucket starts -> ``[lo, hi)`` ranges of consecutive buckets."""
+    out: list[tuple[datetime, datetime]] = []
+    for b in buckets:
+        if out and out[-1][1] == b:
+            out[-1] = (out[-1][0], b + width)
+        else:
+            out.append((b, b + width))
+    return out
+
+
+async def refresh(conn: Conn, *, now: datetime | None = None) -> RefreshReport:
+    """Recompute every closed dirty bucket of every rollup; the connection must be idle."""
+    report = RefreshReport({name: 0 for name in ROLLUPS})
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise RuntimeError("refresh needs an idle connection (it runs its own REPEATABLE READ transaction)")
+    now = now or datetime.now(UTC)
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        if await migrations.backend(conn) == TIMESCALE:
+            return report
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            report.busy = True
+            return report
+        cur = await conn.execute("SELECT value::timestamptz FROM schema_meta WHERE key = %s", (HORIZON_KEY,))
+        row = await cur.fetchone()
+        horizon: datetime | None = row[0] if row else None
+        for name, width in ROLLUPS.items():
+            await conn.execute(_COMPACT_OPEN, {"rollup": name, "closed": now - width})
+            cur = await conn.execute(_TAKE_CLOSED, {"rollup": name, "closed": now - width})
+            taken = sorted({r[0] for r in await cur.fetchall()})
+            keep = [b for b in taken if horizon is None or b >= horizon]
+            report.skipped += len(taken) - len(keep)
+            statement = _recompute(name, width)
+            for lo, hi in runs(keep, width):
+                await conn.execute(statement, {"lo": lo, "hi": hi})
+            report.buckets[name] = len(keep)
+    return report
