@@ -48,6 +48,9 @@ class Status(msgspec.Struct, frozen=True, tag="st1", array_like=True):
     state: str
     error_code: str = "NoError"
     session_id: str = ""
+    # OCPP's free-form ``info``; session start/stop reasons travel as ``start:<how>`` and
+    # ``stop:<OCPP Reason>`` (storage keeps them on the session).
+    info: str = ""
 
 
 class Health(msgspec.Struct, frozen=True, tag="hl1", array_like=True):

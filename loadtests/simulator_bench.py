@@ -99,6 +99,7 @@ async def bench(a: argparse.Namespace) -> dict[str, object]:
     pool = MqttPool(host, port, username=settings.mqtt_loadgen_username,
                     password=password.get_secret_value(), size=a.connections)
     await pool.start()
+    cpu0 = time.process_time()
     try:
         result: LoadResult = await run_load(
             pool, uplinks, rate=a.rate, duration_s=duration, max_messages=limit, qos=a.qos,
@@ -106,6 +107,7 @@ async def bench(a: argparse.Namespace) -> dict[str, object]:
         )
     finally:
         await pool.stop()
+    cpu_s = time.process_time() - cpu0  # this process only (generation + MQTT), all threads
     received = None
     if sub is not None:
         out, _ = await asyncio.wait_for(sub.communicate(), 150)
@@ -120,6 +122,8 @@ async def bench(a: argparse.Namespace) -> dict[str, object]:
         "puback_ms": {p: result.percentile_ms(p) for p in (50, 90, 99, 99.9)} if a.qos else None,
         "received_by_subscriber": received,
         "loss": None if received is None else expected - received,
+        "cpu_s": round(cpu_s, 2),
+        "cpu_us_per_msg": round(cpu_s / result.sent * 1e6, 2) if result.sent else None,
         "faults": result.faults, "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
     }
 
@@ -133,6 +137,9 @@ def main() -> None:
     print(f"{res['sent']} uplinks from {res['devices']} devices over {res['connections']} "
           f"connections, QoS {res['qos']}, {res['mode']}: {res['msg_per_s']} msg/s "
           f"in {res['elapsed_s']} s (target {res['target_rate']:.0f}/s)")
+    if res["cpu_us_per_msg"]:
+        print(f"simulator process CPU: {res['cpu_s']} s, {res['cpu_us_per_msg']} us per message "
+              f"(~{1e6 / res['cpu_us_per_msg']:.0f} msg/s if it had a core to itself)")
     if res["generation_msg_per_s"]:
         print(f"generation alone (before timing): {res['generation_msg_per_s']} uplinks/s")
     if res["puback_ms"]:

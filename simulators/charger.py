@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Generator, Iterator
+from functools import partial
 
 from citysense.records import Health, Reading, RecordBatch, Status
 from ingest.codecs.charger_ocpp import call, iso_ms, meter_call, status_call
@@ -53,6 +54,10 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1000) * 1_000_000
 
 
+def _heartbeat_batch(device_id: str, t: int) -> RecordBatch:
+    return RecordBatch(device_id, 0, health=(Health(device_id, t),))
+
+
 class IllegalTransition(RuntimeError):
     pass
 
@@ -84,9 +89,9 @@ class ChargerDevice(DeviceStream):
         if state not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.device_id}: {self.state} -> {state}")
         self.state = state
-        status = Status(self.device_id, 1, t, state, error, session)
+        status = Status(self.device_id, 1, t, state, error, session, info)
         batch = RecordBatch(self.device_id, 0, statuses=(status,))
-        return Uplink(self.device_id, self.topic, status_call(self._next_seq(), status, info), batch, t)
+        return Uplink(self.device_id, self.topic, status_call(self._next_seq(), status), batch, t)
 
     def _meter(self, t: int, power: float, soc: float, session: str) -> Uplink:
         volts = round(self.rng.uniform(380, 420) if self.dc else self.rng.gauss(230, 2), 1)
@@ -99,9 +104,9 @@ class ChargerDevice(DeviceStream):
         return Uplink(self.device_id, self.topic, meter_call(seq, readings, 1, session), batch, t)
 
     def _heartbeat(self, t: int) -> Uplink:
-        batch = RecordBatch(self.device_id, 0, health=(Health(self.device_id, t),))
         payload = call(self._next_seq(), "Heartbeat", {"timestamp": iso_ms(t)})
-        return Uplink(self.device_id, self.topic, payload, batch, t)
+        return Uplink(self.device_id, self.topic, payload, None, t,
+                      recipe=partial(_heartbeat_batch, self.device_id, t))
 
     # -- behaviour -----------------------------------------------------------
     def _life(self) -> Iterator[Uplink]:

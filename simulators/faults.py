@@ -20,7 +20,6 @@ it becomes:
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -70,12 +69,12 @@ class FaultInjector:
         offline = self._offline.get(uplink.device_id)
         if offline is not None:
             left, backlog = offline
-            backlog.append(dataclasses.replace(uplink, fault="reconnect_burst"))
+            backlog.append(uplink.replace(fault="reconnect_burst"))
             if left > 1:
                 self._offline[uplink.device_id] = (left - 1, backlog)
                 return []
             del self._offline[uplink.device_id]
-            backlog[0] = dataclasses.replace(backlog[0], reconnect=True)
+            backlog[0] = backlog[0].replace(reconnect=True)
             return self._release(backlog)
         self.draws += 1
         roll = self._rng.random()
@@ -99,14 +98,14 @@ class FaultInjector:
     def _fault(self, fault: str, u: Uplink) -> list[Uplink]:
         rng = self._rng
         if fault == "duplicate":
-            return [u, dataclasses.replace(u, fault=fault)]
+            return [u, u.replace(fault=fault)]
         if fault == "out_of_order":
             if self._held is not None:  # never hold two: send the older one now
-                return self._release([dataclasses.replace(u, fault=fault)])
-            self._held = dataclasses.replace(u, fault=fault)
+                return self._release([u.replace(fault=fault)])
+            self._held = u.replace(fault=fault)
             return []
         if fault == "reconnect_burst":
-            self._offline[u.device_id] = (rng.randint(1, 5), [dataclasses.replace(u, fault=fault)])
+            self._offline[u.device_id] = (rng.randint(1, 5), [u.replace(fault=fault)])
             return []
         payload, topic, device_id = u.payload, u.topic, u.device_id
         if fault == "clock_skew":
@@ -115,7 +114,7 @@ class FaultInjector:
             kind = parsed[0] if parsed else ""
             shifted = shift_batch(u.batch, delta)
             payload = codec_named(PROFILES[kind].codec).encode(shifted)
-            return [dataclasses.replace(u, payload=payload, batch=shifted, fault=fault)]
+            return [u.replace(payload=payload, batch=shifted, fault=fault)]
         if fault == "malformed":
             i = len(payload) // 2
             payload = payload[:i] + bytes((payload[i] ^ 0xFF,)) + payload[i + 1:]
@@ -127,11 +126,11 @@ class FaultInjector:
             topic = uplink_topic(parsed[0] if parsed else "unknown", device_id)
         elif fault == "oversize":
             payload = payload + b" " * (MAX_PAYLOAD_BYTES + 1 - len(payload) + rng.randint(0, 1024))
-        return [dataclasses.replace(u, device_id=device_id, topic=topic, payload=payload, fault=fault)]
+        return [u.replace(device_id=device_id, topic=topic, payload=payload, fault=fault)]
 
     def flush(self) -> list[Uplink]:
         """Whatever is still held back or offline (at the end of a run)."""
-        out = [dataclasses.replace(u, reconnect=i == 0)
+        out = [u.replace(reconnect=i == 0)
                for _, backlog in self._offline.values() for i, u in enumerate(backlog)]
         self._offline.clear()
         if self._held is not None:
@@ -141,6 +140,23 @@ class FaultInjector:
 
 
 def inject(uplinks: Iterable[Uplink], injector: FaultInjector) -> Iterator[Uplink]:
+    """``uplinks`` with faults: ``injector.apply`` on each, then ``flush``.
+
+    The clean case (no device offline, nothing held back, no fault drawn) is
+    inlined: it is 97 % of a load run's uplinks. The draws are exactly those
+    ``apply`` makes, so the output is the same as calling it on each uplink.
+    """
+    apply, rand, offline, limit = injector.apply, injector._rng.random, injector._offline, injector._any
     for u in uplinks:
-        yield from injector.apply(u)
+        if (offline and u.device_id in offline) or injector._held is not None:
+            yield from apply(u)
+            continue
+        injector.draws += 1
+        roll = rand()
+        if roll >= limit:
+            yield u
+            continue
+        fault = next(name for threshold, name in injector._thresholds if roll < threshold)
+        injector.counts[fault] += 1
+        yield from injector._release(injector._fault(fault, u))
     yield from injector.flush()

@@ -75,7 +75,8 @@ class _Rows:
                 last = t if t > last else last
             for s in b.statuses:
                 t = s.time_ns // 1000
-                out.statuses.append((s.device_id, s.connector, t, s.state, s.error_code, s.session_id))
+                out.statuses.append(
+                    (s.device_id, s.connector, t, s.state, s.error_code, s.session_id, s.info))
                 last = t if t > last else last
             for h in b.health:
                 t = h.time_ns // 1000

@@ -56,6 +56,7 @@ _TIME_SERIES_DDL: dict[str, LiteralString] = {
             state       text        NOT NULL,
             error_code  text        NOT NULL,
             session_id  text        NOT NULL,
+            info        text        NOT NULL DEFAULT '',
             PRIMARY KEY (device_id, connector, time))""",
     "device_health": """CREATE TABLE device_health (
             device_id   text        NOT NULL,
@@ -128,6 +129,8 @@ REGISTRY_AND_STATE: tuple[LiteralString, ...] = (
             started_at  timestamptz NOT NULL,
             last_at     timestamptz NOT NULL,
             last_state  text        NOT NULL,
+            start_reason text       NOT NULL DEFAULT '',
+            stop_reason text        NOT NULL DEFAULT '',
             PRIMARY KEY (device_id, session_id))""",
     """CREATE TABLE time_partitions (
             parent      text        NOT NULL,

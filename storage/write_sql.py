@@ -48,7 +48,7 @@ CREATE_STAGES = sql.SQL(
            received_at timestamptz) ON COMMIT DELETE ROWS;
        CREATE TEMP TABLE IF NOT EXISTS {s} (
            device_id text, connector integer, time_us bigint, state text,
-           error_code text, session_id text) ON COMMIT DELETE ROWS;
+           error_code text, session_id text, info text) ON COMMIT DELETE ROWS;
        CREATE TEMP TABLE IF NOT EXISTS {h} (
            device_id text, time_us bigint, rsrp_dbm real, sinr_db real,
            ce_level smallint, battery_v real) ON COMMIT DELETE ROWS"""
@@ -65,9 +65,10 @@ COPY_LATEST_STAGE = sql.SQL(
     "COPY {} (device_id, metric, time, value, received_at) FROM STDIN (FORMAT BINARY)").format(LATEST_STAGE)
 
 COPY_STATUS = sql.SQL(
-    "COPY {} (device_id, connector, time_us, state, error_code, session_id) FROM STDIN (FORMAT BINARY)"
+    "COPY {} (device_id, connector, time_us, state, error_code, session_id, info)"
+    " FROM STDIN (FORMAT BINARY)"
 ).format(STATUS_STAGE)
-STATUS_TYPES = ["text", "int4", "int8", "text", "text", "text"]
+STATUS_TYPES = ["text", "int4", "int8", "text", "text", "text", "text"]
 
 COPY_HEALTH = sql.SQL(
     "COPY {} (device_id, time_us, rsrp_dbm, sinr_db, ce_level, battery_v) FROM STDIN (FORMAT BINARY)"
@@ -120,10 +121,10 @@ def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
 
 STATUS_STATEMENT = sql.SQL(
     """WITH ins AS (
-        INSERT INTO charger_status (device_id, connector, time, state, error_code, session_id)
-        SELECT device_id, connector, {t}, state, error_code, session_id FROM {stage}
+        INSERT INTO charger_status (device_id, connector, time, state, error_code, session_id, info)
+        SELECT device_id, connector, {t}, state, error_code, session_id, info FROM {stage}
         ON CONFLICT DO NOTHING
-        RETURNING device_id, connector, time, state, error_code, session_id),
+        RETURNING device_id, connector, time, state, error_code, session_id, info),
     conn AS (
         INSERT INTO charger_connectors AS c (device_id, connector, time, state, error_code, session_id)
         SELECT DISTINCT ON (device_id, connector) device_id, connector, time, state, error_code, session_id
@@ -132,12 +133,19 @@ STATUS_STATEMENT = sql.SQL(
             state = excluded.state, error_code = excluded.error_code, session_id = excluded.session_id
         WHERE c.time < excluded.time),
     sess AS (
-        INSERT INTO charger_sessions AS s (device_id, session_id, connector, started_at, last_at, last_state)
+        INSERT INTO charger_sessions AS s (device_id, session_id, connector, started_at, last_at,
+                                           last_state, start_reason, stop_reason)
         SELECT device_id, session_id, (array_agg(connector ORDER BY time DESC))[1],
-               min(time), max(time), (array_agg(state ORDER BY time DESC))[1]
+               min(time), max(time), (array_agg(state ORDER BY time DESC))[1],
+               coalesce(min(substr(info, 7)) FILTER (WHERE info LIKE 'start:%%'), ''),
+               coalesce(min(substr(info, 6)) FILTER (WHERE info LIKE 'stop:%%'), '')
         FROM ins WHERE session_id <> '' GROUP BY device_id, session_id ORDER BY 1, 2
         ON CONFLICT (device_id, session_id) DO UPDATE SET
             started_at = least(s.started_at, excluded.started_at),
+            start_reason = CASE WHEN excluded.start_reason <> ''
+                                THEN excluded.start_reason ELSE s.start_reason END,
+            stop_reason = CASE WHEN excluded.stop_reason <> ''
+                               THEN excluded.stop_reason ELSE s.stop_reason END,
             connector = CASE WHEN excluded.last_at > s.last_at
                              THEN excluded.connector ELSE s.connector END,
             last_state = CASE WHEN excluded.last_at > s.last_at

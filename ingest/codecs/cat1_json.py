@@ -26,6 +26,32 @@ _decoder = msgspec.json.Decoder(_Payload)
 _encoder = msgspec.json.Encoder()
 
 
+class JsonTemplate:
+    """Cat1 JSON for a fixed list of metrics: the load generator's fast encode path.
+
+    ``pack(seq, ts_ms, values)`` formats a precomputed template instead of
+    encoding a struct and a dict. Its bytes equal :meth:`Cat1JsonCodec.encode`
+    of readings with those values (same key order, and ``repr`` spells a
+    float as msgspec does) for values that are 0 or of magnitude 1e-4..1e16,
+    which covers the simulators' values (0.01 resolution, profile ranges);
+    ``tests/unit/test_codecs_roundtrip.py`` checks the equivalence.
+    """
+
+    __slots__ = ("_fmt", "metrics")
+
+    def __init__(self, metrics: tuple[str, ...]) -> None:
+        if not metrics or len(set(metrics)) != len(metrics):
+            raise ValueError("a Cat1 JSON template needs distinct metric names")
+        for m in metrics:
+            if _encoder.encode(m) != f'"{m}"'.encode() or "%" in m:
+                raise ValueError(f"metric name {m!r} needs escaping; use Cat1JsonCodec.encode")
+        self.metrics = metrics
+        self._fmt = '{"ts":%d,"m":{' + ",".join(f'"{m}":%r' for m in metrics) + '},"seq":%d}'
+
+    def pack(self, seq: int, ts_ms: int, values: list[float]) -> bytes:
+        return (self._fmt % (ts_ms, *values, seq)).encode()
+
+
 class Cat1JsonCodec:
     name = "cat1-json"
 

@@ -13,11 +13,11 @@ pile's uplink counter as a decimal string (it becomes ``Reading.seq``)::
     [2, "19", "Heartbeat", {"timestamp": "..."}]
 
 ``StatusNotification`` becomes a :class:`~citysense.records.Status`
-(``transactionId`` -> ``session_id``; ``info`` carries the session start or
-stop reason on the wire, e.g. ``stop:EVDisconnected``, and is not part of the
-canonical record). ``MeterValues`` become readings (measurands in
-:data:`MEASURANDS`). ``Heartbeat`` becomes a :class:`~citysense.records.Health`
-with no radio fields: a liveness mark. Timestamps are ISO 8601 UTC with
+(``transactionId`` -> ``session_id``; ``info`` -> ``info``, which carries the
+session start or stop reason, e.g. ``start:Remote``, ``stop:EVDisconnected``).
+``MeterValues`` become readings (measurands in :data:`MEASURANDS`).
+``Heartbeat`` becomes a :class:`~citysense.records.Health` with no radio
+fields: a liveness mark. Timestamps are ISO 8601 UTC with
 milliseconds, as OCPP sends them.
 """
 
@@ -69,10 +69,21 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(tuple[int, str, str, dict[str, Any]])
 
 
+_DAYS: dict[int, str] = {}
+
+
 def iso_ms(time_ns: int) -> str:
-    ms = time_ns // 1_000_000
-    stamp = _EPOCH + dt.timedelta(milliseconds=ms)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """``2025-01-01T08:00:00.123Z``: the date part is formatted once per day and cached."""
+    seconds, ms = divmod(time_ns // 1_000_000, 1000)
+    day, second = divmod(seconds, 86_400)
+    date = _DAYS.get(day)
+    if date is None:
+        if len(_DAYS) >= 4096:
+            _DAYS.clear()
+        date = _DAYS[day] = (_EPOCH + dt.timedelta(days=day)).strftime("%Y-%m-%dT")
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{date}{hour:02d}:{minute:02d}:{second:02d}.{ms:03d}Z"
 
 
 def parse_iso_ns(text: object) -> int | None:
@@ -92,15 +103,15 @@ def call(seq: int, action: str, body: dict[str, Any]) -> bytes:
     return _encoder.encode([2, str(seq), action, body])
 
 
-def status_call(seq: int, status: Status, info: str = "") -> bytes:
+def status_call(seq: int, status: Status) -> bytes:
     body: dict[str, Any] = {
         "connectorId": status.connector, "status": status.state,
         "errorCode": status.error_code, "timestamp": iso_ms(status.time_ns),
     }
     if status.session_id:
         body["transactionId"] = status.session_id
-    if info:
-        body["info"] = info
+    if status.info:
+        body["info"] = status.info
     return call(seq, "StatusNotification", body)
 
 
@@ -179,8 +190,10 @@ def _status(
     t = parse_iso_ns(body.get("timestamp"))
     if t is None:
         return DecodeError(BAD_TIMESTAMP, "StatusNotification without an ISO 8601 UTC timestamp")
-    session = body.get("transactionId", "")
-    status = Status(device_id, connector, t, str(state), str(error), str(session))
+    session, info = body.get("transactionId", ""), body.get("info", "")
+    if not isinstance(info, str) or len(info) > 50:  # OCPP 1.6: CiString50Type
+        return DecodeError(MALFORMED, "StatusNotification info must be a string of at most 50 characters")
+    status = Status(device_id, connector, t, str(state), str(error), str(session), info)
     return RecordBatch(device_id, received_ns, statuses=(status,))
 
 

@@ -42,9 +42,11 @@ def backlog(device: str, start: datetime, step: timedelta, metric: str, values: 
     return RecordBatch(device_id=device, received_ns=ns(received), readings=readings)
 
 
-def charger(device: str, at: datetime, connector: int, state: str, session: str = "") -> RecordBatch:
+def charger(
+    device: str, at: datetime, connector: int, state: str, session: str = "", reason: str = ""
+) -> RecordBatch:
     return RecordBatch(device_id=device, received_ns=ns(at),
-                       statuses=(Status(device, connector, ns(at), state, "NoError", session),))
+                       statuses=(Status(device, connector, ns(at), state, "NoError", session, reason),))
 
 
 def health(device: str, at: datetime, rsrp: float, battery: float | None = 3.6) -> RecordBatch:

@@ -116,16 +116,19 @@ async def test_late_rows_land_at_their_real_time_and_in_rollups(store: Store) ->
 
 async def test_charger_status_keeps_connector_and_session_state(store: Store) -> None:
     # Delivered out of order: the newest status first.
-    await store.sink.write([charger("ev-1", T0 + 30 * MIN, 2, "Finishing", "s9")])
+    await store.sink.write([charger("ev-1", T0 + 30 * MIN, 2, "Finishing", "s9", "stop:EVDisconnected")])
     await store.sink.write([
-        charger("ev-1", T0, 2, "Preparing", "s9"), charger("ev-1", T0 + MIN, 2, "Charging", "s9"),
+        charger("ev-1", T0, 2, "Preparing", "s9"),
+        charger("ev-1", T0 + MIN, 2, "Charging", "s9", "start:Remote"),
     ])
     async with store.pool.connection() as conn:
         cur = await conn.execute("SELECT connector, time, state, session_id FROM charger_connectors")
         assert await cur.fetchall() == [(2, T0 + 30 * MIN, "Finishing", "s9")]
         cur = await conn.execute(
-            "SELECT session_id, connector, started_at, last_at, last_state FROM charger_sessions")
-        assert await cur.fetchall() == [("s9", 2, T0, T0 + 30 * MIN, "Finishing")]
+            "SELECT session_id, connector, started_at, last_at, last_state, start_reason, stop_reason"
+            " FROM charger_sessions")
+        assert await cur.fetchall() == [
+            ("s9", 2, T0, T0 + 30 * MIN, "Finishing", "Remote", "EVDisconnected")]
         cur = await conn.execute("SELECT count(*) FROM charger_status")
         assert await cur.fetchone() == (3,)
 

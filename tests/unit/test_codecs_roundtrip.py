@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import binascii
+import datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,8 +22,9 @@ from ingest.codecs.base import (
     UNSUPPORTED_VERSION,
     DecodeError,
 )
-from ingest.codecs.charger_ocpp import ERROR_CODES, STATES
-from ingest.codecs.nbiot_frame import METRIC_TAGS, crc16, encode_frame
+from ingest.codecs.cat1_json import JsonTemplate
+from ingest.codecs.charger_ocpp import ERROR_CODES, STATES, iso_ms, parse_iso_ns
+from ingest.codecs.nbiot_frame import METRIC_TAGS, FrameLayout, crc16, encode_frame
 from ingest.profiles import PROFILES, Profile
 
 BASE_S = 1_700_000_000
@@ -73,7 +76,8 @@ def charger_batch(draw: st.DrawFn) -> RecordBatch:
     which = draw(st.sampled_from(("status", "meter", "heartbeat")))
     if which == "status":
         status = Status("d1", draw(st.integers(0, 4)), t, draw(st.sampled_from(STATES)),
-                        draw(st.sampled_from(ERROR_CODES)), draw(st.sampled_from(("", "S-1"))))
+                        draw(st.sampled_from(ERROR_CODES)), draw(st.sampled_from(("", "S-1"))),
+                        draw(st.sampled_from(("", "start:Remote", "stop:EVDisconnected", "maintenance"))))
         return RecordBatch("d1", 5, statuses=(status,))
     if which == "heartbeat":
         return RecordBatch("d1", 5, health=(Health("d1", t),))
@@ -174,3 +178,86 @@ def test_every_profile_names_a_codec_and_codecs_know_their_metrics() -> None:
         assert profile.codec in CODECS
         if profile.codec.startswith("nbiot-frame"):
             assert {m.name for m in profile.metrics} <= set(METRIC_TAGS)
+
+
+# -- the load generator's fast encode paths: byte-identical to the codecs -------------------
+
+RAW = st.one_of(  # frame values around every TLV size boundary, and anywhere in 32 bits
+    st.integers(-(2**31), 2**31 - 1),
+    st.sampled_from([-(2**31), -32769, -32768, -129, -128, -1, 0, 127, 128, 32767, 32768, 2**31 - 1]),
+    st.integers(-300, 300), st.integers(100, 40_000),
+)
+
+
+def test_crc16_is_ccitt_false() -> None:
+    """binascii.crc_hqx with init 0xFFFF is CRC-16/CCITT-FALSE: its check value for "123456789"."""
+    assert crc16(b"123456789") == 0x29B1
+    assert binascii.crc_hqx(b"123456789", 0xFFFF) == 0x29B1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_frame_layout_packs_exactly_what_the_codec_encodes(data: st.DataObject) -> None:
+    profile = data.draw(st.sampled_from([p for p in PROFILES.values() if p.network == "nb-iot"]))
+    names = tuple(m.name for m in profile.metrics)
+    samples = data.draw(st.integers(1, 12))
+    step = data.draw(st.integers(1, 65535 // max(1, samples - 1) if samples > 1 else 65535))
+    dts = [k * step for k in range(samples)]
+    with_health = data.draw(st.booleans())
+    hex_text = profile.codec == "nbiot-frame-hex"
+    layout = FrameLayout(names, dts, dts[-1] if with_health else None, hex_text=hex_text)
+    raws = data.draw(st.lists(RAW, min_size=samples * len(names), max_size=samples * len(names)))
+    base, seq = data.draw(st.integers(1, 2**32 - 1 - dts[-1])), data.draw(SEQ)
+    health = (data.draw(st.integers(-1400, -440)), data.draw(st.integers(-100, 300)),
+              data.draw(st.integers(0, 2)), data.draw(st.integers(2500, 3700))) if with_health else None
+    nm = len(names)
+    readings = [Reading("d1", names[j], (base + dt) * 10**9, raws[k * nm + j] / layout.scales[j], 0, seq)
+                for k, dt in enumerate(dts) for j in range(nm)]
+    h = () if health is None else (Health("d1", (base + dts[-1]) * 10**9, health[0] / 10,
+                                          health[1] / 10, health[2], health[3] / 1000),)
+    batch = RecordBatch("d1", 0, tuple(readings), (), h)
+    fast = layout.pack(seq, base, raws, health)
+    assert fast == codec_named(profile.codec).encode(batch)
+    assert codec_named(profile.codec).decode("d1", fast, 0) == batch
+
+
+def test_frame_layout_refuses_what_the_codec_refuses() -> None:
+    layout = FrameLayout(("pm25",), [0], 0)
+    with pytest.raises(ValueError):
+        layout.pack(1, BASE_S, [2**31], (-900, 100, 0, 3600))  # does not fit 32 bits
+    with pytest.raises(ValueError):
+        layout.pack(1, 0, [5], (-900, 100, 0, 3600))  # base_time 0
+    with pytest.raises(ValueError):
+        layout.pack(1, BASE_S, [5], None)  # the layout has a health block
+    with pytest.raises(ValueError):
+        FrameLayout(("pm25", "no_such_metric"), [0], None)
+    with pytest.raises(ValueError):
+        FrameLayout(("pm25",), [0, 300, 300], None)  # two samples at one time
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_json_template_packs_exactly_what_the_codec_encodes(data: st.DataObject) -> None:
+    profile = data.draw(st.sampled_from([p for p in PROFILES.values() if p.codec == "cat1-json"]))
+    names = tuple(m.name for m in profile.metrics)
+    # the simulators' values: 0.01 resolution, within (and a little beyond) profile ranges
+    values = [data.draw(st.integers(-10**9, 10**9)) / 100 for _ in names]
+    t_ms, seq = data.draw(st.integers(1, 2**41)), data.draw(SEQ)
+    batch = RecordBatch("d1", 0, tuple(Reading("d1", m, t_ms * 1_000_000, v, 0, seq)
+                                        for m, v in zip(names, values, strict=True)))
+    fast = JsonTemplate(names).pack(seq, t_ms, values)
+    assert fast == codec_named("cat1-json").encode(batch)
+    assert codec_named("cat1-json").decode("d1", fast, 0) == batch
+
+
+def _iso_ms_reference(time_ns: int) -> str:  # the strftime original of charger_ocpp.iso_ms
+    ms = time_ns // 1_000_000
+    stamp = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(milliseconds=ms)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 4_102_444_800_000).map(lambda ms: ms * 1_000_000 + 123))
+def test_iso_ms_matches_the_strftime_reference(time_ns: int) -> None:
+    assert iso_ms(time_ns) == _iso_ms_reference(time_ns)
+    assert parse_iso_ns(iso_ms(time_ns)) == time_ns - 123

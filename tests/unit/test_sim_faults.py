@@ -93,3 +93,14 @@ def test_injection_is_deterministic() -> None:
     a = list(inject(_stream(3000), FaultInjector(RATIOS, seed=4)))
     b = list(inject(_stream(3000), FaultInjector(RATIOS, seed=4)))
     assert [(u.topic, u.payload, u.fault) for u in a] == [(u.topic, u.payload, u.fault) for u in b]
+
+
+def test_inlined_clean_path_equals_apply_on_each_uplink() -> None:
+    clean = _stream(6000, seed=6)
+    reference = FaultInjector(RATIOS, seed=8)
+    expected = [x for u in clean for x in reference.apply(u)] + reference.flush()
+    injector = FaultInjector(RATIOS, seed=8)
+    got = list(inject(clean, injector))
+    assert [(u.device_id, u.topic, u.payload, u.fault, u.reconnect) for u in got] == \
+        [(u.device_id, u.topic, u.payload, u.fault, u.reconnect) for u in expected]
+    assert injector.counts == reference.counts and injector.draws == reference.draws
