@@ -80,25 +80,27 @@ class KafkaBus:
                 # A concurrent creator may win the race: the topic is there either way.
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
-                await self._wait_for_leaders([t.name for t in new])
+                await self._wait_for_leaders(admin, [t.name for t in new])
         except KafkaConnectionError as exc:
             raise BrokerUnavailableError(f"Kafka at {self.config.bootstrap}: {exc}") from exc
         finally:
             await admin.close()
 
-    async def _wait_for_leaders(self, names: list[str]) -> None:
-        """Block until new topics have partition leaders, so the first send works."""
-        probe = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap)
-        await probe.start()
-        try:
-            for name in names:
-                for _ in range(100):
-                    parts = await probe.partitions_for(name)
-                    if parts:
-                        break
-                    await asyncio.sleep(0.1)
-        finally:
-            await probe.stop()
+    @staticmethod
+    async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+        """Block (up to ~10 s) until every partition of the new topics has a leader.
+
+        Producing before that draws NotLeaderForPartition retries from the broker.
+        """
+        for _ in range(100):
+            described = await admin.describe_topics(names)
+            if all(
+                t.get("error_code") == 0 and t["partitions"]
+                and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+                for t in described
+            ):
+                return
+            await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         return None
