@@ -105,6 +105,11 @@ class MqttClient:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.config.session_expiry_s:
             props.SessionExpiryInterval = self.config.session_expiry_s
+        if self._manual_ack:
+            # The broker sends at most this many unacknowledged QoS 1 messages, so the bound on
+            # what we hold is enforced upstream and paho's thread (which also sends keepalive
+            # PINGREQs) never has to block on the semaphore below for QoS 1 traffic.
+            props.ReceiveMaximum = min(self.config.max_unacked_inbound, 65_535)
         self._connected = self._loop.create_future()
         host, port = self.config.host_port
         try:

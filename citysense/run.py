@@ -92,7 +92,7 @@ def build_bridge(settings: BridgeSettings, metrics: Metrics | None = None) -> Br
     )
     producer = KafkaBus(settings.kafka_config("citysense-bridge")).producer()
     return Bridge(mqtt, producer, settings.topic_raw, share_group=settings.bridge_share_group,
-                  max_batch=settings.bridge_max_batch, metrics=metrics)
+                  max_batch=settings.bridge_max_batch, metrics=metrics, dlq_topic=settings.topic_dlq)
 
 
 async def run_bridge(settings: BridgeSettings) -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from brokers.base import Producer
 from brokers.exceptions import BrokerError
 from brokers.mqtt import InboundMessage, MqttClient
 from citysense.metrics import Metrics
-from citysense.records import Envelope, encode
+from citysense.records import DeadLetter, Envelope, encode
+from ingest.codecs.base import OVERSIZE
+from ingest.dlq import MAX_ORIGINAL_BYTES
 from ingest.topics import UPLINK_FILTER, parse_uplink_topic
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,14 @@ def envelope_record(message: InboundMessage) -> tuple[bytes, bytes]:
     device_id = parsed[1] if parsed else ""
     envelope = Envelope(message.topic, device_id, message.received_ns, message.payload)
     return device_id.encode(), encode(envelope)
+
+
+def oversize_letter(message: InboundMessage, device_id: str, size: int) -> DeadLetter:
+    head = message.payload[:MAX_ORIGINAL_BYTES]
+    return DeadLetter(
+        OVERSIZE, f"envelope of {size} bytes is over the bridge's limit (payload cut to {len(head)})",
+        "bridge", message.topic, -1, -1, head, device_id, time.time_ns(),
+    )
 
 
 class Bridge:
@@ -40,7 +51,11 @@ class Bridge:
         max_batch: int = 2000,
         retry_backoff_s: float = 0.5,
         metrics: Metrics | None = None,
+        dlq_topic: str = "citysense.dlq.v1",
+        max_envelope_bytes: int = 900_000,
     ) -> None:
+        self._dlq_topic = dlq_topic
+        self._max_envelope_bytes = max_envelope_bytes
         self._metrics = metrics
         self._mqtt = mqtt
         self._producer = producer
@@ -51,6 +66,7 @@ class Bridge:
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed: nothing published after is missed
         self.forwarded = 0
+        self.dead_letters = 0
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -70,10 +86,22 @@ class Bridge:
             await self._producer.stop()
 
     async def _forward(self, batch: list[InboundMessage]) -> None:
-        records = [envelope_record(m) for m in batch]
+        records: list[tuple[bytes, bytes]] = []
+        dead: list[tuple[bytes, bytes]] = []
+        for m in batch:
+            key, value = envelope_record(m)
+            if len(value) > self._max_envelope_bytes:
+                # Kafka would refuse it, the bridge would never acknowledge it, and the session
+                # would hand it back after every restart: dead-letter it and move on.
+                dead.append((key, encode(oversize_letter(m, key.decode(), len(value)))))
+            else:
+                records.append((key, value))
         while True:
             try:
-                await self._producer.send_batch(self._raw_topic, records)
+                await asyncio.gather(
+                    *([self._producer.send_batch(self._raw_topic, records)] if records else []),
+                    *([self._producer.send_batch(self._dlq_topic, dead)] if dead else []),
+                )
                 break
             except BrokerError as exc:
                 if not exc.retriable or self._stopping.is_set():
@@ -83,6 +111,9 @@ class Bridge:
                     self._metrics.retries.labels("bridge").inc()
                 await asyncio.sleep(self._retry_backoff_s)
         self._mqtt.ack(batch)
-        self.forwarded += len(batch)
+        self.forwarded += len(records)
+        self.dead_letters += len(dead)
         if self._metrics is not None:
-            self._metrics.records.labels("bridge", "forwarded").inc(len(batch))
+            self._metrics.records.labels("bridge", "forwarded").inc(len(records))
+            if dead:
+                self._metrics.dead_letters.labels("bridge", OVERSIZE).inc(len(dead))

@@ -11,14 +11,18 @@ remembered, never more than ``capacity``), dropped when the partition is
 no longer assigned. A duplicate older than the window, or one that crosses
 a rebalance, passes through; the database unique key catches it.
 
-Keys: ``(device, seq, time of the first record)`` when the device numbers
-its uplinks (a counter reset after a reboot changes the time, so it is
-not mistaken for a resend); otherwise one ``(device, metric, time)`` key
-per record, and the uplink is a duplicate only when every key was seen.
+Keys: ``(device, seq, time of the first record, CRC-32 of the payload)``
+when the device numbers its uplinks. A resend is byte-identical; a device
+that reboots restarts its counter, and one with an unset clock may restart
+its time too, so the payload digest is what keeps a new measurement from
+being taken for a resend. Otherwise one ``(device, metric, time)`` key per
+record (the database's own key), and the uplink is a duplicate only when
+every key was seen.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Hashable, Sequence
 
 from brokers.base import TopicPartition
@@ -27,12 +31,12 @@ from citysense.records import RecordBatch
 Key = tuple[Hashable, ...]
 
 
-def uplink_keys(batch: RecordBatch) -> tuple[Key, ...]:
+def uplink_keys(batch: RecordBatch, payload: bytes = b"") -> tuple[Key, ...]:
     d = batch.device_id
     if batch.readings:
         first = batch.readings[0]
         if first.seq >= 0:
-            return ((d, first.seq, first.time_ns),)
+            return ((d, first.seq, first.time_ns, zlib.crc32(payload)),)
     keys: list[Key] = [(d, r.metric, r.time_ns) for r in batch.readings]
     keys.extend((d, "@status", s.connector, s.time_ns, s.state) for s in batch.statuses)
     keys.extend((d, "@health", h.time_ns) for h in batch.health)

@@ -151,7 +151,7 @@ class Normalise:
             decoded = DecodeError(MALFORMED, f"payload is not valid UTF-8: {exc}")
         if isinstance(decoded, DecodeError):
             return Outcome(dead=dead_letter(message, decoded.reason_code, decoded.message, device_id))
-        if dedupe.is_duplicate(tp or message.tp, uplink_keys(decoded)):
+        if dedupe.is_duplicate(tp or message.tp, uplink_keys(decoded, envelope.payload)):
             return Outcome(duplicate=True)
         kept, rejected = validate(route.kind, route.bounds, decoded)
         dead = None
@@ -165,6 +165,11 @@ class Normalise:
                 return Outcome(dead=dead)
         clocked = adjust(kept, self.config.clock, route.late_after_ns)
         return Outcome(clocked.batch, dead, False, clocked.corrected, clocked.late)
+
+
+# A readings-topic record must stay under Kafka's default message.max.bytes (1 MiB) with room
+# for batch overhead; codecs cap records per uplink well below this.
+MAX_OUTPUT_BYTES = 900_000
 
 
 @dataclass
@@ -223,7 +228,9 @@ class Normaliser:
         except Exception as exc:  # a poison message is dead-lettered, never retried
             log.exception("normalising %s[%d]@%d failed", tp.topic, tp.partition, message.offset)
             self.counters.internal_errors += 1
-            return Outcome(dead=dead_letter(message, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+            device_id = message.key.decode(errors="replace") if message.key else ""
+            text = f"{type(exc).__name__}: {exc}"
+            return Outcome(dead=dead_letter(message, INTERNAL_ERROR, text, device_id))
 
     async def _handle(self, batches: Batches) -> None:
         self.dedupe.retain(self.stage.consumer.assignment())
@@ -233,15 +240,21 @@ class Normaliser:
         for tp, messages in batches.items():
             for message in messages:
                 out = self._one(message, tp)
+                dead = [out.dead] if out.dead is not None else []
                 if out.batch is not None:
-                    good.append((out.batch.device_id.encode(), encode(out.batch)))
-                    readings += len(out.batch.readings)
-                    corrected += out.corrected
-                    late += out.late
-                if out.dead is not None:
-                    bad.append((message.key, encode(out.dead)))
+                    value = encode(out.batch)
+                    if len(value) > MAX_OUTPUT_BYTES:  # Kafka would refuse it and stall the partition
+                        text = f"normalised to {len(value)} bytes, over {MAX_OUTPUT_BYTES}"
+                        dead.append(dead_letter(message, OVERSIZE, text, out.batch.device_id))
+                    else:
+                        good.append((out.batch.device_id.encode(), value))
+                        readings += len(out.batch.readings)
+                        corrected += out.corrected
+                        late += out.late
+                for letter in dead:
+                    bad.append((message.key, encode(letter)))
                     if self._metrics is not None:
-                        self._metrics.dead_letters.labels(STAGE, out.dead.reason_code).inc()
+                        self._metrics.dead_letters.labels(STAGE, letter.reason_code).inc()
                 duplicates += out.duplicate
         try:
             await asyncio.gather(

@@ -15,3 +15,11 @@ class StorageUnavailableError(StorageError):
 
 class SchemaTooOldError(StorageError):
     """The database schema is older than this code needs; run ``citysense db migrate``."""
+
+
+class StorageRejectedError(StorageError):
+    """The database refused these records for what they contain (not for its own state).
+
+    Retrying the same records can never succeed: the writer isolates the offending
+    record and dead-letters it instead of stalling its partition.
+    """

@@ -29,7 +29,7 @@ from storage import migrations, partitions
 from storage import write_sql as w
 from storage.base import WriteResult
 from storage.db import TRANSIENT, Conn, Query
-from storage.exceptions import StorageError, StorageUnavailableError
+from storage.exceptions import StorageRejectedError, StorageUnavailableError
 from storage.schema import POSTGRES, ROLLUPS, Backend
 from storage.settings import StorageSettings
 
@@ -109,10 +109,14 @@ class ReadingsSink:
                 except psycopg.errors.CheckViolation as exc:
                     # "no partition of relation .. found for row": a partition was dropped under us.
                     if attempt == 2 or "partition" not in str(exc):
-                        raise StorageError(f"write refused: {exc}") from exc
+                        raise StorageRejectedError(f"write refused: {exc}") from exc
                     self._covered.clear()
         except TRANSIENT as exc:
             raise StorageUnavailableError(f"write failed, will retry: {exc}") from exc
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.DataError,
+                OverflowError, ValueError) as exc:
+            # A value the database (or psycopg's binary dumper) cannot take: the records' fault.
+            raise StorageRejectedError(f"write refused: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
     async def _write(self, rows: _Rows) -> WriteResult:

@@ -11,14 +11,16 @@ import time
 
 import msgspec
 
-from brokers.base import Bus, KeyValue
+from brokers.base import Bus, KeyValue, Message
 from brokers.stage import Batches, ConsumerStage
 from citysense.metrics import Metrics
 from citysense.records import DeadLetter, RecordBatch, decode_batch, encode
 from storage.base import Sink
+from storage.exceptions import StorageRejectedError
 
 STAGE = "write"
-BAD_RECORD = "bad_record"
+BAD_RECORD = "bad_record"  # not a record batch at all
+REFUSED = "refused_by_database"  # a value the database cannot store (e.g. NUL in text)
 
 
 class Writer:
@@ -45,24 +47,52 @@ class Writer:
             await self._producer.stop()
 
     async def _handle(self, batches: Batches) -> None:
-        records: list[RecordBatch] = []
-        dead: list[KeyValue] = []
+        pairs: list[tuple[Message, RecordBatch]] = []
+        dead: list[tuple[str, KeyValue]] = []  # (reason, record)
         for msgs in batches.values():
             for m in msgs:
                 try:
-                    records.append(decode_batch(m.value))
+                    pairs.append((m, decode_batch(m.value)))
                 except msgspec.DecodeError as exc:
-                    letter = DeadLetter(BAD_RECORD, f"not a record batch: {exc}", STAGE, m.topic,
-                                        m.partition, m.offset, m.value, "", time.time_ns())
-                    dead.append((m.key, encode(letter)))
+                    dead.append((BAD_RECORD, _dead_letter(m, BAD_RECORD, f"not a record batch: {exc}", "")))
         # The sink first: its write is idempotent, a dead-letter send is not, so a retried
         # batch (transient database failure) does not dead-letter the same record twice.
-        result = await self._sink.write(records)
+        offered, inserted = await self._write_isolating(pairs, dead)
         if dead:
-            await self._producer.send_batch(self._dlq_topic, dead)
-        self.rows_inserted += result.readings_inserted
+            await self._producer.send_batch(self._dlq_topic, [record for _, record in dead])
+        self.rows_inserted += inserted
         if self._metrics is not None:
-            self._metrics.records.labels(STAGE, "readings_offered").inc(result.readings_offered)
-            self._metrics.records.labels(STAGE, "readings_inserted").inc(result.readings_inserted)
-            if dead:
-                self._metrics.dead_letters.labels(STAGE, BAD_RECORD).inc(len(dead))
+            self._metrics.records.labels(STAGE, "readings_offered").inc(offered)
+            self._metrics.records.labels(STAGE, "readings_inserted").inc(inserted)
+            for reason, _ in dead:
+                self._metrics.dead_letters.labels(STAGE, reason).inc()
+
+    async def _write_isolating(
+        self, pairs: list[tuple[Message, RecordBatch]], dead: list[tuple[str, KeyValue]]
+    ) -> tuple[int, int]:
+        """Write; if the database refuses the records themselves, bisect to the culprits.
+
+        Each half is its own idempotent transaction; only the records the database
+        refuses on their own are dead-lettered, so one bad value never stalls a partition
+        and never takes its neighbours with it.
+        """
+        if not pairs:
+            return 0, 0
+        try:
+            result = await self._sink.write([b for _, b in pairs])
+            return result.readings_offered, result.readings_inserted
+        except StorageRejectedError as exc:
+            if len(pairs) == 1:
+                m, b = pairs[0]
+                dead.append((REFUSED, _dead_letter(m, REFUSED, str(exc), b.device_id)))
+                return 0, 0
+            half = len(pairs) // 2
+            a = await self._write_isolating(pairs[:half], dead)
+            b2 = await self._write_isolating(pairs[half:], dead)
+            return a[0] + b2[0], a[1] + b2[1]
+
+
+def _dead_letter(m: Message, reason: str, text: str, device_id: str) -> KeyValue:
+    device = device_id or (m.key.decode(errors="replace") if m.key else "")
+    letter = DeadLetter(reason, text, STAGE, m.topic, m.partition, m.offset, m.value, device, time.time_ns())
+    return m.key, encode(letter)

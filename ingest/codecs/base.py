@@ -34,6 +34,16 @@ UNSUPPORTED_MESSAGE = "unsupported_message"
 
 # Payloads above this are refused by every codec (the broker allows 1 MiB).
 MAX_PAYLOAD_BYTES = 64 * 1024
+# Device uplink counters are u32 on every wire format (storage keeps them as int8).
+MAX_SEQ = 2**32 - 1
+# One uplink expands to at most this many records: a frame of repeated TLVs must not
+# become a readings-topic message larger than Kafka accepts.
+MAX_RECORDS_PER_UPLINK = 4096
+
+
+def is_clean_text(value: object, max_len: int) -> bool:
+    """A short string without control characters (PostgreSQL text refuses NUL)."""
+    return isinstance(value, str) and len(value) <= max_len and value.isprintable()
 
 
 class Codec(Protocol):

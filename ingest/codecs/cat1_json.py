@@ -13,7 +13,15 @@ from __future__ import annotations
 import msgspec
 
 from citysense.records import Reading, RecordBatch
-from ingest.codecs.base import BAD_TIMESTAMP, MALFORMED, MAX_PAYLOAD_BYTES, OVERSIZE, DecodeError
+from ingest.codecs.base import (
+    BAD_TIMESTAMP,
+    MALFORMED,
+    MAX_PAYLOAD_BYTES,
+    MAX_RECORDS_PER_UPLINK,
+    MAX_SEQ,
+    OVERSIZE,
+    DecodeError,
+)
 
 
 class _Payload(msgspec.Struct, frozen=True):
@@ -75,6 +83,10 @@ class Cat1JsonCodec:
             )
         if not body.m:
             return DecodeError(MALFORMED, "uplink carries no readings ('m' is empty)")
+        if not -1 <= body.seq <= MAX_SEQ:
+            return DecodeError(MALFORMED, f"seq must be a u32 uplink counter, got {body.seq}")
+        if len(body.m) > MAX_RECORDS_PER_UPLINK:
+            return DecodeError(OVERSIZE, f"{len(body.m)} readings in one uplink")
         time_ns = body.ts * 1_000_000
         readings = tuple(
             Reading(device_id, metric, time_ns, value, received_ns, body.seq)

@@ -33,11 +33,16 @@ from ingest.codecs.base import (
     BAD_TIMESTAMP,
     MALFORMED,
     MAX_PAYLOAD_BYTES,
+    MAX_SEQ,
     OVERSIZE,
     UNKNOWN_METRIC,
     UNSUPPORTED_MESSAGE,
     DecodeError,
+    is_clean_text,
 )
+
+# OCPP connectorId: 0 is the charge point itself, then 1..n; real piles have a handful.
+MAX_CONNECTOR = 255
 
 STATES = (
     "Available", "Preparing", "Charging", "SuspendedEV", "SuspendedEVSE",
@@ -158,6 +163,8 @@ class ChargerOcppCodec:
             seq = int(unique_id)
         except (msgspec.DecodeError, ValueError) as exc:
             return DecodeError(MALFORMED, f"not an OCPP-J CALL: {exc}")
+        if not 0 <= seq <= MAX_SEQ or not isinstance(body, dict):
+            return DecodeError(MALFORMED, f"uniqueId must be a u32 counter and the payload an object: {seq}")
         if kind != 2:
             return DecodeError(UNSUPPORTED_MESSAGE, f"message type {kind}, expected CALL (2)")
         if action == "StatusNotification":
@@ -183,16 +190,20 @@ def _status(
 ) -> RecordBatch | DecodeError:
     state, error = body.get("status"), body.get("errorCode", "NoError")
     connector = body.get("connectorId")
-    if state not in _STATES or error not in _ERRORS or not isinstance(connector, int):
+    if (state not in _STATES or error not in _ERRORS or not isinstance(connector, int)
+            or not 0 <= connector <= MAX_CONNECTOR):
         return DecodeError(
-            MALFORMED, f"bad StatusNotification status={state!r} errorCode={error!r}"
+            MALFORMED,
+            f"bad StatusNotification status={state!r} errorCode={error!r} connectorId={connector!r}",
         )
     t = parse_iso_ns(body.get("timestamp"))
     if t is None:
         return DecodeError(BAD_TIMESTAMP, "StatusNotification without an ISO 8601 UTC timestamp")
     session, info = body.get("transactionId", ""), body.get("info", "")
-    if not isinstance(info, str) or len(info) > 50:  # OCPP 1.6: CiString50Type
-        return DecodeError(MALFORMED, "StatusNotification info must be a string of at most 50 characters")
+    if not is_clean_text(info, 50):  # OCPP 1.6: CiString50Type
+        return DecodeError(MALFORMED, "StatusNotification info must be printable text, at most 50 characters")
+    if not is_clean_text(session, 64):
+        return DecodeError(MALFORMED, "transactionId must be printable text of at most 64 characters")
     status = Status(device_id, connector, t, str(state), str(error), str(session), info)
     return RecordBatch(device_id, received_ns, statuses=(status,))
 

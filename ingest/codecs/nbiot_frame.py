@@ -51,6 +51,7 @@ from ingest.codecs.base import (
     BAD_TIMESTAMP,
     MALFORMED,
     MAX_PAYLOAD_BYTES,
+    MAX_RECORDS_PER_UPLINK,
     OVERSIZE,
     TRUNCATED,
     UNKNOWN_METRIC,
@@ -327,8 +328,11 @@ def decode_frame(device_id: str, frame: bytes, received_ns: int) -> RecordBatch 
         return DecodeError(BAD_CRC, "CRC-16 mismatch")
     if base == 0:
         return DecodeError(BAD_TIMESTAMP, "base_time is zero (device clock not set)")
+    if sum(len(tlvs) for _, tlvs in samples) > MAX_RECORDS_PER_UPLINK:
+        return DecodeError(OVERSIZE, f"more than {MAX_RECORDS_PER_UPLINK} readings in one frame")
     readings: list[Reading] = []
     last_dt = 0
+    seen: set[tuple[int, int]] = set()  # (tag, dt): one value per metric and time
     for dt, tlvs in samples:
         if dt < last_dt:
             return DecodeError(BAD_TIMESTAMP, f"sample at +{dt}s after one at +{last_dt}s")
@@ -338,6 +342,9 @@ def decode_frame(device_id: str, frame: bytes, received_ns: int) -> RecordBatch 
             entry = TAGS.get(tag)
             if entry is None:
                 return DecodeError(UNKNOWN_METRIC, f"unknown TLV tag {tag:#x}")
+            if (tag, dt) in seen:
+                return DecodeError(MALFORMED, f"TLV tag {tag:#x} appears twice at +{dt}s")
+            seen.add((tag, dt))
             metric, decimals = entry
             value = raw / _SCALE[decimals] if decimals else float(raw)
             readings.append(Reading(device_id, metric, time_ns, value, received_ns, seq))

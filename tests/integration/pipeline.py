@@ -47,7 +47,7 @@ async def running_pipeline(
     await create_topics(bus, s)
     mqtt = MqttClient(MqttConfig(url=s.mqtt_url, username=bridge_user, password=bridge_password),
                       manual_ack=True)
-    bridge = Bridge(mqtt, bus.producer(), s.topic_raw, share_group=share_group)
+    bridge = Bridge(mqtt, bus.producer(), s.topic_raw, share_group=share_group, dlq_topic=s.topic_dlq)
     normaliser = Normaliser(bus, raw_topic=s.topic_raw, readings_topic=s.topic_readings,
                             dlq_topic=s.topic_dlq, group=f"{share_group}-normalise")
     pool = await open_pool(database_url) if database_url else None

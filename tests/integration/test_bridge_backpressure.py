@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 
 from brokers.base import KeyValue
 from brokers.mqtt import MqttClient, MqttConfig
-from citysense.records import decode_envelope
+from citysense.records import decode_dead_letter, decode_envelope
 from ingest.bridge import Bridge
 from simulators.air import air_device_ids
 from simulators.fleet import Fleet
@@ -84,3 +85,48 @@ async def test_stalled_kafka_bounds_what_the_bridge_holds_and_acknowledges_nothi
         bridge.request_stop()
         await fleet.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_an_envelope_too_large_for_kafka_is_dead_lettered_and_acknowledged(
+    service_env: ServiceEnv, unique: str
+) -> None:
+    """Unacknowledged, it would come back after every restart and stall the bridge for good."""
+    producer = StalledProducer()
+    producer.release.set()
+    mqtt = MqttClient(
+        MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
+                   password=service_env.bridge_password), manual_ack=True)
+    bridge = Bridge(mqtt, producer, "raw", share_group=f"test-{unique}", dlq_topic="dlq",
+                    max_envelope_bytes=2_000)
+    task = asyncio.create_task(bridge.run())
+    device = air_device_ids(1)[0]
+    fleet = Fleet(service_env.mqtt_url, service_env.device_secret, [device])
+    await fleet.start()
+    try:
+        await asyncio.wait_for(bridge.ready.wait(), 20)
+        small = list(interleaved_air_uplinks([device], 3, seed=2, start_ns=1_760_000_000 * 10**9))
+        topic = small[0].topic
+        client = fleet._clients[device]
+        for payload in (small[0].payload, b"x" * 5_000, small[1].payload):
+            await client.publish(topic, payload, qos=1)
+
+        async def handled() -> bool:
+            return bridge.forwarded + bridge.dead_letters >= 3
+
+        await wait_until(handled, 30, "the bridge to handle all three uplinks")
+        assert (bridge.forwarded, bridge.dead_letters) == (2, 1)
+        letters = [decode_dead_letter(v) for _, v in producer.records if _is_dead_letter(v)]
+        assert [(d.reason_code, d.stage, d.device_id, len(d.original)) for d in letters] == [
+            ("oversize", "bridge", device, 5_000)]
+    finally:
+        bridge.request_stop()
+        await fleet.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def _is_dead_letter(value: bytes) -> bool:
+    try:
+        decode_dead_letter(value)
+    except msgspec.DecodeError:
+        return False
+    return True

@@ -10,12 +10,12 @@ import pytest
 
 from brokers.base import TopicSpec
 from brokers.memory import MemoryBus
-from citysense.records import RecordBatch, decode_dead_letter, encode
+from citysense.records import Reading, RecordBatch, Status, decode_dead_letter, encode
 from storage.base import WriteResult
 from storage.exceptions import StorageUnavailableError
 from storage.writer import Writer
 from tests.storage.conftest import Store
-from tests.storage.factories import T0, uplink
+from tests.storage.factories import T0, ns, uplink
 
 pytestmark = pytest.mark.services
 
@@ -68,3 +68,32 @@ async def test_writer_retries_transient_failures_and_commits_after_the_database(
     await consumer.stop()
     letter = decode_dead_letter(next(iter(got.values()))[0].value)
     assert (letter.reason_code, letter.stage) == ("bad_record", "write")
+
+
+async def test_records_the_database_refuses_are_dead_lettered_alone_and_never_stall(store: Store) -> None:
+    """A NUL in a text field or a seq beyond int8 once crashed the writer on every restart."""
+    bus = MemoryBus()
+    await bus.create_topics([TopicSpec("readings", 1), TopicSpec("dlq", 1)])
+    producer = bus.producer()
+    await producer.start()
+    good = [uplink("air-1", T0 + i * timedelta(minutes=1), {"pm25": float(i)}) for i in range(40)]
+    nul = RecordBatch("ev-1", 0, statuses=(Status("ev-1", 1, ns(T0), "Charging", "NoError", "S\x001"),))
+    huge_seq = RecordBatch("air-2", 0, (Reading("air-2", "pm25", ns(T0), 1.0, ns(T0), 2**63),))
+    stream = [*good[:13], nul, *good[13:27], huge_seq, *good[27:]]
+    await producer.send_batch("readings", [(b.device_id.encode(), encode(b)) for b in stream])
+    writer = Writer(bus, store.sink, readings_topic="readings", dlq_topic="dlq", group="w", max_records=100)
+    task = asyncio.create_task(writer.run())
+    async with asyncio.timeout(60):
+        while writer.stage.records_committed < len(stream):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    writer.request_stop()
+    await task
+
+    assert writer.rows_inserted == len(good)  # every good neighbour stored
+    consumer = bus.consumer(["dlq"], "inspect")
+    await consumer.start()
+    got = await consumer.getmany(100, 10)
+    await consumer.stop()
+    letters = [decode_dead_letter(m.value) for msgs in got.values() for m in msgs]
+    assert sorted((d.reason_code, d.device_id, d.source_offset) for d in letters) == [
+        ("refused_by_database", "air-2", 28), ("refused_by_database", "ev-1", 13)]

@@ -19,6 +19,8 @@ from citysense.records import (
     decode_dead_letter,
 )
 from ingest.clock import NS, ClockPolicy, adjust
+from ingest.codecs import codec_named
+from ingest.codecs.base import DecodeError
 from ingest.dedupe import Deduper, Window, uplink_keys
 from ingest.directory import StaticDirectory
 from ingest.dlq import replay, scan, stats
@@ -95,6 +97,20 @@ def test_keys_are_staged_until_commit_and_forgotten_on_discard() -> None:
 
 def test_a_counter_reset_after_a_reboot_is_not_a_duplicate() -> None:
     assert uplink_keys(batch(NOW, seq=0)) != uplink_keys(batch(NOW + 60 * NS, seq=0))
+
+
+def test_a_reboot_with_an_unset_clock_is_not_a_duplicate_but_a_resend_is() -> None:
+    # Counter and clock both restart, so seq and device time repeat: only the bytes differ.
+    codec = codec_named("cat1-json")
+    first = b'{"ts": 1000, "seq": 1, "m": {"pm25": 12.0}}'
+    after_reboot = b'{"ts": 1000, "seq": 1, "m": {"pm25": 87.0}}'
+    keys = [uplink_keys(_decoded(codec.decode("a", p, NOW)), p) for p in (first, after_reboot, first)]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
+def _decoded(out: RecordBatch | DecodeError) -> RecordBatch:
+    assert isinstance(out, RecordBatch)
+    return out
 
 
 def test_unnumbered_uplinks_are_keyed_per_record() -> None:
