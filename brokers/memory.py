@@ -149,6 +149,7 @@ class MemoryConsumer:
         self._on_revoked = on_revoked
         self._on_assigned = on_assigned
         self._positions: dict[TopicPartition, int] = {}
+        self._rotation = 0
         self._started = False
         self._leaving = False
 
@@ -189,7 +190,10 @@ class MemoryConsumer:
     def _available(self, max_records: int) -> dict[TopicPartition, list[Message]]:
         out: dict[TopicPartition, list[Message]] = {}
         budget = max_records
-        for tp, pos in self._positions.items():
+        # Start one partition further each call, so a backlogged partition cannot starve the rest.
+        owned = list(self._positions.items())
+        self._rotation = (self._rotation + 1) % max(1, len(owned))
+        for tp, pos in owned[self._rotation:] + owned[: self._rotation]:
             if budget <= 0:
                 break
             log = self._bus._log(tp.topic)[tp.partition]

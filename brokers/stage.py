@@ -11,6 +11,7 @@ backoff; nothing is committed past it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -50,13 +51,21 @@ class ConsumerStage:
         self._max_retry_backoff_s = max_retry_backoff_s
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._revoking = asyncio.Event()  # a rebalance waits: stop retrying, hand over
         self.consumer: Consumer = bus.consumer(topics, group, on_revoked=self._on_revoked)
         self.batches_committed = 0
         self.records_committed = 0
 
     async def _on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
-        async with self._lock:  # the batch in flight finishes and commits first
-            log.info("partitions revoked: %s", sorted(partitions))
+        # The batch in flight finishes and commits first; one stuck retrying (say, the
+        # database is down) gives up uncommitted instead of holding the rebalance hostage:
+        # its side effects are idempotent and the new owner redoes it.
+        self._revoking.set()
+        try:
+            async with self._lock:
+                log.info("partitions revoked: %s", sorted(partitions))
+        finally:
+            self._revoking.clear()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -80,7 +89,9 @@ class ConsumerStage:
             if not batches:
                 return
             started = time.perf_counter()
-            await self._handle_with_retries(batches)
+            if not await self._handle_with_retries(batches):
+                log.warning("batch abandoned uncommitted to a rebalance; the new owner redoes it")
+                return
             offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
             try:
                 await self.consumer.commit(offsets)
@@ -95,17 +106,21 @@ class ConsumerStage:
                 self._metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
                 self._metrics.records.labels(self.name, "committed").inc(count)
 
-    async def _handle_with_retries(self, batches: Batches) -> None:
+    async def _handle_with_retries(self, batches: Batches) -> bool:
+        """True once the handler succeeded; False if a rebalance interrupted the retries."""
         delay = self._retry_backoff_s
         while True:
             try:
                 await self._handler(batches)
-                return
+                return True
             except CitysenseError as exc:
                 if not exc.retriable or self._stopping.is_set():
                     raise
+                if self._revoking.is_set():
+                    return False
                 log.warning("retriable failure, retrying in %.1fs: %s", delay, exc)
                 if self._metrics is not None:
                     self._metrics.retries.labels(self.name).inc()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a revocation cuts the wait short
+                    await asyncio.wait_for(self._revoking.wait(), delay)
                 delay = min(delay * 2, self._max_retry_backoff_s)
