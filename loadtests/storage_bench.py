@@ -33,7 +33,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from citysense.records import RecordBatch
-from loadtests.storage_common import latency_ms, scratch_database, uplinks, utc
+from loadtests.storage_common import latency_ms, print_query_latencies, scratch_database, uplinks, utc
 from storage import migrations, partitions, queries, rollups
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
@@ -179,27 +179,7 @@ async def bench_queries(url: str) -> None:
             print(f"query data generated in {time.perf_counter() - t:.1f}s: 100,000 devices, "
                   "200,000 latest values, 432,000 raw rows (300 devices x 1 day), "
                   "1,440,000 1-hour rollup rows (2,000 devices x 30 days)")
-            cases = {
-                "latest per device, all 100,000 devices (200,000 values)":
-                    lambda: queries.latest_per_device(conn),
-                "latest per device, one district (5,000 devices)":
-                    lambda: queries.latest_per_device(conn, district="district-7"),
-                "24-hour 1-minute avg series (1-minute rollup)":
-                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1)),
-                "24-hour 1-minute avg series (raw rows)":
-                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1),
-                                           source="raw"),
-                "readings by district over 30 days (1-hour rollup)":
-                    lambda: queries.reading_counts(conn, "district", now - 30 * DAY, now),
-                "devices by district, online/offline (100,000)":
-                    lambda: queries.device_counts(conn, "district", now=now),
-                "devices by status (100,000)":
-                    lambda: queries.device_counts(conn, "status", now=now),
-            }
-            print("query latency (median / max of 7, ms):")
-            for name, fn in cases.items():
-                median, worst = await latency_ms(fn, 7)
-                print(f"  {name:<58} {median:8.1f} / {worst:8.1f}")
+            await print_query_latencies(conn, now, "rollup")
             # A refresh lagging behind: the last 2 hours dirty, so the real-time union reads raw rows
             # for those buckets (120 minutes, 2 hours; raw data exists for 300 devices).
             await conn.execute(_DIRTY_TAIL.format(now=sql.Literal(now)))

@@ -25,8 +25,8 @@ from psycopg import sql
 
 import loadtests.storage_bench as pg_bench
 from loadtests.storage_bench import _chunks, _with_redeliveries, raw_copy, writer
-from loadtests.storage_common import latency_ms, scratch_database, uplinks
-from storage import migrations, queries, timescale
+from loadtests.storage_common import print_query_latencies, scratch_database, uplinks
+from storage import migrations, timescale
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
 from storage.schema import ROLLUPS, TIMESCALE
@@ -139,27 +139,7 @@ async def bench_queries(url: str) -> None:
     pool = await open_pool(url, max_size=2)
     try:
         async with pool.connection() as conn:
-            cases = {
-                "latest per device, all 100,000 devices (200,000 values)":
-                    lambda: queries.latest_per_device(conn),
-                "latest per device, one district (5,000 devices)":
-                    lambda: queries.latest_per_device(conn, district="district-7"),
-                "24-hour 1-minute avg series (1-minute aggregate)":
-                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1)),
-                "24-hour 1-minute avg series (raw rows)":
-                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1),
-                                           source="raw"),
-                "readings by district over 30 days (1-hour aggregate)":
-                    lambda: queries.reading_counts(conn, "district", now - 30 * DAY, now),
-                "devices by district, online/offline (100,000)":
-                    lambda: queries.device_counts(conn, "district", now=now),
-                "devices by status (100,000)":
-                    lambda: queries.device_counts(conn, "status", now=now),
-            }
-            print("query latency (median / max of 7, ms):")
-            for name, fn in cases.items():
-                median, worst = await latency_ms(fn, 7)
-                print(f"  {name:<58} {median:8.1f} / {worst:8.1f}")
+            await print_query_latencies(conn, now, "aggregate")
     finally:
         await pool.close()
 

@@ -7,7 +7,8 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -74,3 +75,34 @@ async def latency_ms(fn: Callable[[], Awaitable[object]], repeat: int) -> tuple[
         await fn()
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times), max(times)
+
+
+async def print_query_latencies(conn: psycopg.AsyncConnection[Any], now: datetime, rollup: str) -> None:
+    """The issue's query cases, timed (median / max of 7), over the generated data set.
+
+    ``rollup`` names what serves long ranges on this backend ("rollup" or "aggregate").
+    """
+    from storage import queries
+
+    day = timedelta(days=1)
+    minute = timedelta(minutes=1)
+    cases: dict[str, Callable[[], Awaitable[object]]] = {
+        "latest per device, all 100,000 devices (200,000 values)":
+            lambda: queries.latest_per_device(conn),
+        "latest per device, one district (5,000 devices)":
+            lambda: queries.latest_per_device(conn, district="district-7"),
+        f"24-hour 1-minute avg series (1-minute {rollup})":
+            lambda: queries.series(conn, "dev-000042", "pm25", now - day, now, minute),
+        "24-hour 1-minute avg series (raw rows)":
+            lambda: queries.series(conn, "dev-000042", "pm25", now - day, now, minute, source="raw"),
+        f"readings by district over 30 days (1-hour {rollup})":
+            lambda: queries.reading_counts(conn, "district", now - 30 * day, now),
+        "devices by district, online/offline (100,000)":
+            lambda: queries.device_counts(conn, "district", now=now),
+        "devices by status (100,000)":
+            lambda: queries.device_counts(conn, "status", now=now),
+    }
+    print("query latency (median / max of 7, ms):")
+    for name, fn in cases.items():
+        median, worst = await latency_ms(fn, 7)
+        print(f"  {name:<58} {median:8.1f} / {worst:8.1f}")
