@@ -77,6 +77,7 @@ class Bridge:
         try:
             await self._mqtt.subscribe(self._subscription, qos=1)
             self.ready.set()
+            log.info("subscribed to %s", self._subscription)
             while not self._stopping.is_set():
                 batch = await self._mqtt.receive_batch(self._max_batch, timeout_s=0.2)
                 if batch:

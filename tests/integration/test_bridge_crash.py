@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -46,6 +47,17 @@ def _start_bridge(s: CommonSettings, env: ServiceEnv, unique: str) -> subprocess
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _wait_for_line(process: subprocess.Popen[bytes], text: str) -> None:
+    assert process.stderr is not None
+    stderr = process.stderr
+    for line in stderr:
+        if text.encode() in line:
+            # Keep draining, so the child never blocks on a full pipe.
+            threading.Thread(target=lambda: stderr.read(), daemon=True).start()
+            return
+    raise AssertionError(f"bridge exited before logging {text!r}")
+
+
 async def _raw_uplinks(bus: KafkaBus, topic: str, group: str) -> list[tuple[str, int]]:
     """(device, seq) of every envelope on the raw topic so far."""
     consumer = bus.consumer([topic], group)
@@ -81,7 +93,8 @@ async def test_sigkilled_bridge_restarted_with_its_session_loses_nothing(
     fleet = Fleet(service_env.mqtt_url, service_env.device_secret, ids)
     await fleet.start()
     try:
-        await asyncio.sleep(3)  # the bridge's subscription is in place (its session outlives it)
+        # From the SUBACK on, the broker keeps the bridge's session (and queues for it).
+        await asyncio.wait_for(asyncio.to_thread(_wait_for_line, bridge, "subscribed to"), 60)
         publishing = asyncio.create_task(fleet.publish_all(uplinks, qos=1, rate=1000))
         await asyncio.sleep(2)
         bridge.send_signal(signal.SIGKILL)
