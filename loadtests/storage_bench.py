@@ -33,7 +33,14 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from citysense.records import RecordBatch
-from loadtests.storage_common import latency_ms, print_query_latencies, scratch_database, uplinks, utc
+from loadtests.storage_common import (
+    QUERY_DATA,
+    latency_ms,
+    print_query_latencies,
+    scratch_database,
+    uplinks,
+    utc,
+)
 from storage import migrations, partitions, queries, rollups
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
@@ -130,22 +137,7 @@ async def bench_writes(url: str, devices: int, per_device: int) -> None:
 
 
 _GENERATE: tuple[sql.SQL, ...] = (
-    sql.SQL("""INSERT INTO devices (device_id, kind, profile, network, township, district, report_interval_s)
-        SELECT 'dev-' || lpad(g::text, 6, '0'), (ARRAY['air', 'noise', 'water', 'charger'])[1 + g % 4],
-               'bench', 'lte-cat1', 'township-' || (g % 200), 'district-' || (g % 20), 60
-        FROM generate_series(0, 99999) g"""),
-    sql.SQL("""INSERT INTO latest_readings (device_id, metric, time, value, received_at)
-        SELECT device_id, m, {now} - (hashint4(length(device_id) + ascii(m)) % 600) * interval '1 second',
-               (hashtext(device_id || m) % 1000) / 10.0, {now}
-        FROM devices, unnest(ARRAY['pm25', 'no2']) m"""),
-    sql.SQL("""INSERT INTO device_state (device_id, last_seen, last_time)
-        SELECT device_id, {now} - (abs(hashtext(device_id)) % 400) * interval '1 second', {now}
-        FROM devices"""),
-    sql.SQL("""INSERT INTO readings (device_id, metric, time, value, received_at)
-        SELECT 'dev-' || lpad(d::text, 6, '0'), 'pm25', t, (d + extract(minute FROM t)) % 100, t
-        FROM generate_series(0, 299) d,
-             generate_series({now} - interval '1 day', {now} - interval '1 minute',
-                             interval '1 minute') t"""),
+    *QUERY_DATA,
     sql.SQL("""INSERT INTO readings_1m
         SELECT device_id, metric, time, value, 1, value, value, time, value FROM readings
         WHERE device_id LIKE 'dev-%'"""),

@@ -25,7 +25,7 @@ from psycopg import sql
 
 import loadtests.storage_bench as pg_bench
 from loadtests.storage_bench import _chunks, _with_redeliveries, raw_copy, writer
-from loadtests.storage_common import print_query_latencies, scratch_database, uplinks
+from loadtests.storage_common import QUERY_DATA, print_query_latencies, scratch_database, uplinks
 from storage import migrations, timescale
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
@@ -36,23 +36,7 @@ BASE = datetime(2031, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 
 _GENERATE: tuple[sql.SQL, ...] = (
-    sql.SQL("""INSERT INTO devices (device_id, kind, profile, network, township, district, report_interval_s)
-        SELECT 'dev-' || lpad(g::text, 6, '0'), (ARRAY['air', 'noise', 'water', 'charger'])[1 + g % 4],
-               'bench', 'lte-cat1', 'township-' || (g % 200), 'district-' || (g % 20), 60
-        FROM generate_series(0, 99999) g"""),
-    sql.SQL("""INSERT INTO latest_readings (device_id, metric, time, value, received_at)
-        SELECT device_id, m, {now} - (hashint4(length(device_id) + ascii(m)) % 600) * interval '1 second',
-               (hashtext(device_id || m) % 1000) / 10.0, {now}
-        FROM devices, unnest(ARRAY['pm25', 'no2']) m"""),
-    sql.SQL("""INSERT INTO device_state (device_id, last_seen, last_time)
-        SELECT device_id, {now} - (abs(hashtext(device_id)) % 400) * interval '1 second', {now}
-        FROM devices"""),
-    # A day of 1-minute data for 300 devices (the series cases) ...
-    sql.SQL("""INSERT INTO readings (device_id, metric, time, value, received_at)
-        SELECT 'dev-' || lpad(d::text, 6, '0'), 'pm25', t, (d + extract(minute FROM t)) % 100, t
-        FROM generate_series(0, 299) d,
-             generate_series({now} - interval '1 day', {now} - interval '1 minute',
-                             interval '1 minute') t"""),
+    *QUERY_DATA,
     # ... and 30 days of hourly data for 2,000 devices: 1.44 M rows of the 1-hour aggregate.
     sql.SQL("""INSERT INTO readings (device_id, metric, time, value, received_at)
         SELECT 'dev-' || lpad(d::text, 6, '0'), 'no2', h, d % 100, h
