@@ -18,7 +18,7 @@ QUALITY_CLOCK_CORRECTED = 1
 QUALITY_LATE = 2
 
 
-class Envelope(msgspec.Struct, frozen=True, tag="env1", array_like=True):
+class Envelope(msgspec.Struct, frozen=True, tag="env1", array_like=True, gc=False):
     """A raw uplink as the bridge received it (raw topic)."""
 
     mqtt_topic: str
@@ -27,7 +27,7 @@ class Envelope(msgspec.Struct, frozen=True, tag="env1", array_like=True):
     payload: bytes
 
 
-class Reading(msgspec.Struct, frozen=True, tag="rd1", array_like=True):
+class Reading(msgspec.Struct, frozen=True, tag="rd1", array_like=True, gc=False):
     """One canonical measurement."""
 
     device_id: str
@@ -39,7 +39,7 @@ class Reading(msgspec.Struct, frozen=True, tag="rd1", array_like=True):
     quality: int = 0
 
 
-class Status(msgspec.Struct, frozen=True, tag="st1", array_like=True):
+class Status(msgspec.Struct, frozen=True, tag="st1", array_like=True, gc=False):
     """A charger connector status change."""
 
     device_id: str
@@ -53,7 +53,7 @@ class Status(msgspec.Struct, frozen=True, tag="st1", array_like=True):
     info: str = ""
 
 
-class Health(msgspec.Struct, frozen=True, tag="hl1", array_like=True):
+class Health(msgspec.Struct, frozen=True, tag="hl1", array_like=True, gc=False):
     """Radio and power health of a device at one time."""
 
     device_id: str
@@ -64,7 +64,7 @@ class Health(msgspec.Struct, frozen=True, tag="hl1", array_like=True):
     battery_v: float | None = None
 
 
-class RecordBatch(msgspec.Struct, frozen=True, tag="rb1", array_like=True):
+class RecordBatch(msgspec.Struct, frozen=True, tag="rb1", array_like=True, gc=False):
     """Everything one uplink became (readings topic).
 
     One Kafka message per uplink rather than per reading keeps the message
@@ -79,7 +79,7 @@ class RecordBatch(msgspec.Struct, frozen=True, tag="rb1", array_like=True):
     health: tuple[Health, ...] = ()
 
 
-class DeadLetter(msgspec.Struct, frozen=True, tag="dl1", array_like=True):
+class DeadLetter(msgspec.Struct, frozen=True, tag="dl1", array_like=True, gc=False):
     """A message a stage could not handle, with why (DLQ topic)."""
 
     reason_code: str

@@ -1,19 +1,22 @@
 """Storage benchmark: writer rows/s against raw binary COPY, and query latency.
 
-    .venv/bin/python -m loadtests.storage_bench [--devices 1000] [--uplinks 20] [--batch 800]
+    .venv/bin/python -m loadtests.storage_bench [--devices 1000] [--uplinks 20] [--batch 800] [--rounds 3]
 
 Runs against a scratch database it creates and drops, on the plain-PostgreSQL
 path (partitions, rollups refreshed from dirty buckets). Bounded to about a
-minute on a 2-core machine. Figures, not assertions: the machine may be shared.
+minute and a half on a 2-core machine. Figures, not assertions: the machine
+may be shared.
 
-Write: the same kind of stream (air-quality uplinks, six readings each) is
-written by ``ReadingsSink.write`` (COPY into ``readings`` in a savepoint with
-the staged insert-or-ignore fallback, latest state, device state, dirty
-rollup buckets; one transaction per ``--batch`` uplinks) and by a bare binary
-``COPY readings FROM STDIN`` in transactions of the same size, into the same
-table (same indexes), alternating A-B-B-A so table growth does not favour
-either. Raw COPY gets its rows prepared before the clock starts (datetimes
-built); the writer's clock includes turning records into rows. Then a stream
+Write: the same kind of stream (air-quality uplinks, six readings each, each
+transaction ``--batch`` uplinks from as many different devices) is written by
+``ReadingsSink.write`` (COPY into ``readings`` in a savepoint with the staged
+insert-or-ignore fallback, dirty rollup buckets, and on a second connection
+at the same time the device state: last seen and latest value per metric)
+and by a bare binary ``COPY readings FROM STDIN`` in transactions of the same
+size, into the same table (same indexes), in ``--rounds`` rounds of A-B-B-A
+(``loadtests.write_compare``, which also reports CPU per row of each). Raw
+COPY gets its rows prepared before the clock starts (datetimes built); the
+writer's clock includes turning records into rows. Then a stream
 with 25 % of transactions re-delivered, and the rollup refresh that the
 writer's background loop would run over everything the writer wrote (its
 cost moved out of the write transaction, not removed: reported with the
@@ -41,6 +44,7 @@ from loadtests.storage_common import (
     uplinks,
     utc,
 )
+from loadtests.write_compare import Tally, report, timed
 from storage import migrations, partitions, queries, rollups
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
@@ -60,18 +64,65 @@ def _chunks(stream: list[RecordBatch]) -> list[list[RecordBatch]]:
     return [stream[i : i + CHUNK] for i in range(0, len(stream), CHUNK)]
 
 
-async def raw_copy(pool: AsyncConnectionPool, stream: list[RecordBatch]) -> tuple[int, float]:
-    """Rows prepared (datetimes built) before the clock starts: raw COPY's best case."""
-    prepared = [[(r.device_id, r.metric, utc(r.time_ns), r.value, utc(r.received_ns), r.seq, r.quality)
-                 for b in chunk for r in b.readings] for chunk in _chunks(stream)]
-    t = time.perf_counter()
+def prepare_raw(stream: list[RecordBatch]) -> list[list[tuple[object, ...]]]:
+    """Rows with datetimes built, per transaction: raw COPY's best case, prepared off the clock."""
+    return [[(r.device_id, r.metric, utc(r.time_ns), r.value, utc(r.received_ns), r.seq, r.quality)
+             for b in chunk for r in b.readings] for chunk in _chunks(stream)]
+
+
+async def copy_prepared(pool: AsyncConnectionPool, prepared: list[list[tuple[object, ...]]]) -> int:
     for rows in prepared:
         async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur, \
                 cur.copy(_RAW_COPY) as copy:
             copy.set_types(_RAW_TYPES)
             for row in rows:
                 await copy.write_row(row)
-    return sum(len(r) for r in prepared), time.perf_counter() - t
+    return sum(len(r) for r in prepared)
+
+
+async def raw_copy(pool: AsyncConnectionPool, stream: list[RecordBatch]) -> tuple[int, float]:
+    prepared = prepare_raw(stream)
+    t = time.perf_counter()
+    rows = await copy_prepared(pool, prepared)
+    return rows, time.perf_counter() - t
+
+
+async def compare(pool: AsyncConnectionPool, sink: ReadingsSink, devices: int, per_device: int,
+                  rounds: int, first_day: int) -> tuple[Tally, Tally, int]:
+    """``rounds`` of A-B-B-A, each run on a fresh day of data; returns (raw, writer, days used)."""
+    raw, written = Tally(), Tally()
+    day = first_day
+    for _ in range(rounds):
+        for side in ("raw", "writer", "writer", "raw"):
+            stream = uplinks(devices, per_device, BASE + day * DAY)
+            day += 1
+            if side == "raw":
+                await timed(raw, copy_prepared(pool, prepare_raw(stream)))  # prepared off the clock
+            else:
+                await timed(written, _write_all(sink, _chunks(stream)))
+    return raw, written, day - first_day
+
+
+async def compare_redelivered(pool: AsyncConnectionPool, sink: ReadingsSink, devices: int,
+                              per_device: int, first_day: int) -> tuple[Tally, Tally]:
+    """The writer on a stream with 25 % of transactions re-delivered, between two raw runs."""
+    dup_raw, dup = Tally(), Tally()
+    around = [prepare_raw(uplinks(devices, per_device, BASE + (first_day + i) * DAY)) for i in range(2)]
+    redelivered = _with_redeliveries(_chunks(uplinks(devices, per_device, BASE + (first_day + 2) * DAY)))
+    await timed(dup_raw, copy_prepared(pool, around[0]))
+    await timed(dup, _write_all(sink, redelivered))
+    await timed(dup_raw, copy_prepared(pool, around[1]))
+    return dup_raw, dup
+
+
+def report_redelivered(raw: Tally, dup: Tally) -> None:
+    print(f"  25% re-delivered: writer {dup.rate:,.0f} offered rows/s, raw COPY around it "
+          f"{raw.rate:,.0f}, ratio {dup.rate / raw.rate:.2f} ({dup.rows:,} offered; {dup.cpu_per_100k()})")
+
+
+async def _write_all(sink: ReadingsSink, chunks: list[list[RecordBatch]]) -> int:
+    offered, _, _ = await writer(sink, chunks)
+    return offered
 
 
 async def writer(sink: ReadingsSink, chunks: list[list[RecordBatch]]) -> tuple[int, int, float]:
@@ -94,45 +145,33 @@ def _with_redeliveries(chunks: list[list[RecordBatch]]) -> list[list[RecordBatch
     return out
 
 
-async def bench_writes(url: str, devices: int, per_device: int) -> None:
+async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> None:
     settings = StorageSettings.model_construct()
+    days = 4 * rounds + 2
     pool = await open_pool(url, max_size=2)
     try:
         async with pool.connection() as conn:
             await conn.set_autocommit(True)
             for table in TIME_SERIES_TABLES:
-                await partitions.ensure(conn, table, [BASE + i * DAY for i in range(8)], DAY)
-        streams = [uplinks(devices, per_device, BASE + i * DAY) for i in range(6)]
+                await partitions.ensure(conn, table, [BASE + i * DAY for i in range(days + 1)], DAY)
         sink = ReadingsSink(pool, settings)
-        rows_a, secs_a = await raw_copy(pool, streams[0])
-        off_b, ins_b, secs_b = await writer(sink, _chunks(streams[1]))
-        off_c, ins_c, secs_c = await writer(sink, _chunks(streams[2]))
-        rows_d, secs_d = await raw_copy(pool, streams[3])
-        raw_rate = (rows_a + rows_d) / (secs_a + secs_d)
-        writer_rate = (off_b + off_c) / (secs_b + secs_c)
-        off_e, ins_e, secs_e = await writer(sink, _with_redeliveries(_chunks(streams[4])))
-        rows_f, secs_f = await raw_copy(pool, streams[5])  # raw COPY again, right after the dup run
+        raw, written, used = await compare(pool, sink, devices, per_device, rounds, 0)
+        dup_raw, dup = await compare_redelivered(pool, sink, devices, per_device, used)
         async with pool.connection() as conn:
             t = time.perf_counter()
-            refreshed = await rollups.refresh(conn, now=BASE + 30 * DAY)
+            refreshed = await rollups.refresh(conn, now=BASE + (days + 30) * DAY)
             secs_r = time.perf_counter() - t
     finally:
         await pool.close()
     print(f"write: {devices} devices x {per_device} uplinks x 6 readings per run, "
-          f"{CHUNK} uplinks = {CHUNK * 6} readings per transaction")
-    print(f"  raw binary COPY          {raw_rate:>9,.0f} rows/s  ({rows_a + rows_d:,} rows)")
-    print(f"  writer (no duplicates)   {writer_rate:>9,.0f} rows/s  ratio {writer_rate / raw_rate:.2f}"
-          f"  ({ins_b + ins_c:,} inserted)")
-    dup_raw = (rows_d + rows_f) / (secs_d + secs_f)  # the raw runs either side of it
-    dup_rate = off_e / secs_e
-    print(f"  writer (25% re-delivered){dup_rate:>9,.0f} offered rows/s  ratio {dup_rate / dup_raw:.2f}"
-          f"  ({off_e:,} offered, {ins_e:,} inserted; raw COPY around it {dup_raw:,.0f})")
-    written = ins_b + ins_c + ins_e
-    refresh_rate = written / secs_r
-    combined = written / (secs_b + secs_c + secs_e + secs_r)
-    print(f"  rollup refresh (background) {refresh_rate:>9,.0f} raw rows/s "
+          f"{CHUNK} uplinks = {CHUNK * 6} readings per transaction, {rounds} rounds of A-B-B-A")
+    report(raw, written)
+    report_redelivered(dup_raw, dup)
+    stored = written.rows + devices * per_device * 6  # the re-delivered run stores one stream
+    print(f"  rollup refresh (background) {stored / secs_r:>9,.0f} raw rows/s "
           f"({refreshed.summary()}, {secs_r:.1f}s)")
-    print(f"  writer + its refresh, back to back {combined:>9,.0f} rows/s  ratio {combined / raw_rate:.2f}"
+    combined = stored / (written.seconds + dup.seconds + secs_r)
+    print(f"  writer + its refresh, back to back {combined:>9,.0f} rows/s  ratio {combined / raw.rate:.2f}"
           "  (total cost on the same cores)")
 
 
@@ -195,13 +234,14 @@ async def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--uplinks", type=int, default=20, help="uplinks per device per run")
     parser.add_argument("--batch", type=int, default=CHUNK, help="uplinks (Kafka records) per transaction")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of raw, writer, writer, raw")
     args = parser.parse_args()
     CHUNK = args.batch
     started = time.perf_counter()
     async with scratch_database("cs_bench") as url:
         async with await psycopg.AsyncConnection.connect(url) as conn:
             await migrations.migrate(conn, prefer_timescale=False)
-        await bench_writes(url, args.devices, args.uplinks)
+        await bench_writes(url, args.devices, args.uplinks, args.rounds)
         await bench_queries(url)
     print(f"total {time.perf_counter() - started:.0f}s")
 

@@ -1,11 +1,12 @@
 """Storage benchmark on the TimescaleDB path: writer vs raw COPY, refresh, compression, queries.
 
     CITYSENSE_DATABASE_URL=postgresql://...server-with-timescaledb... \\
-        .venv/bin/python -m loadtests.storage_bench_timescale [--devices 1000] [--uplinks 20] [--batch 800]
+        .venv/bin/python -m loadtests.storage_bench_timescale [--devices 1000] [--uplinks 20] \\
+            [--batch 800] [--rounds 3]
 
 The TimescaleDB counterpart of ``loadtests.storage_bench`` (same stream, same
-A-B-B-A alternation of raw binary COPY and ``ReadingsSink.write`` into the
-same hypertable, same query cases). It needs a server where the
+rounds of A-B-B-A alternation of raw binary COPY and ``ReadingsSink.write``
+into the same hypertable, same query cases). It needs a server where the
 ``timescaledb`` extension is available (the project's Debian PostgreSQL has
 none) and refuses to run otherwise. The policy jobs of the scratch database
 are paused so the scheduler does not refresh or compress under the clock;
@@ -24,8 +25,9 @@ import psycopg
 from psycopg import sql
 
 import loadtests.storage_bench as pg_bench
-from loadtests.storage_bench import _chunks, _with_redeliveries, raw_copy, writer
-from loadtests.storage_common import QUERY_DATA, print_query_latencies, scratch_database, uplinks
+from loadtests.storage_bench import compare, compare_redelivered, report_redelivered
+from loadtests.storage_common import QUERY_DATA, print_query_latencies, scratch_database
+from loadtests.write_compare import report
 from storage import migrations, timescale
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
@@ -59,23 +61,16 @@ async def _refresh(url: str, lo: datetime, hi: datetime) -> float:
         return time.perf_counter() - t
 
 
-async def bench_writes(url: str, devices: int, per_device: int) -> None:
+async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> None:
     pool = await open_pool(url, max_size=2)
     try:
-        streams = [uplinks(devices, per_device, BASE + i * DAY) for i in range(6)]
         sink = ReadingsSink(pool, StorageSettings.model_construct())
-        rows_a, secs_a = await raw_copy(pool, streams[0])
-        off_b, ins_b, secs_b = await writer(sink, _chunks(streams[1]))
-        off_c, ins_c, secs_c = await writer(sink, _chunks(streams[2]))
-        rows_d, secs_d = await raw_copy(pool, streams[3])
-        raw_rate = (rows_a + rows_d) / (secs_a + secs_d)
-        writer_rate = (off_b + off_c) / (secs_b + secs_c)
-        off_e, ins_e, secs_e = await writer(sink, _with_redeliveries(_chunks(streams[4])))
-        rows_f, secs_f = await raw_copy(pool, streams[5])
+        raw, written, used = await compare(pool, sink, devices, per_device, rounds, 0)
+        dup_raw, dup = await compare_redelivered(pool, sink, devices, per_device, used)
     finally:
         await pool.close()
-    secs_r = await _refresh(url, BASE - DAY, BASE + 8 * DAY)
-    total = rows_a + ins_b + ins_c + ins_e + rows_d + rows_f
+    secs_r = await _refresh(url, BASE - DAY, BASE + (used + 4) * DAY)
+    total = raw.rows + written.rows + dup_raw.rows + devices * per_device * 6
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         before = await _size(conn)
         t = time.perf_counter()
@@ -83,19 +78,15 @@ async def bench_writes(url: str, devices: int, per_device: int) -> None:
         secs_z = time.perf_counter() - t
         after = await _size(conn)
     print(f"write (TimescaleDB): {devices} devices x {per_device} uplinks x 6 readings per run, "
-          f"{pg_bench.CHUNK} uplinks = {pg_bench.CHUNK * 6} readings per transaction")
-    print(f"  raw binary COPY          {raw_rate:>9,.0f} rows/s  ({rows_a + rows_d:,} rows)")
-    print(f"  writer (no duplicates)   {writer_rate:>9,.0f} rows/s  ratio {writer_rate / raw_rate:.2f}"
-          f"  ({ins_b + ins_c:,} inserted)")
-    dup_raw = (rows_d + rows_f) / (secs_d + secs_f)
-    dup_rate = off_e / secs_e
-    print(f"  writer (25% re-delivered){dup_rate:>9,.0f} offered rows/s  ratio {dup_rate / dup_raw:.2f}"
-          f"  ({off_e:,} offered, {ins_e:,} inserted; raw COPY around it {dup_raw:,.0f})")
-    written = ins_b + ins_c + ins_e
+          f"{pg_bench.CHUNK} uplinks = {pg_bench.CHUNK * 6} readings per transaction, "
+          f"{rounds} rounds of A-B-B-A")
+    report(raw, written)
+    report_redelivered(dup_raw, dup)
     print(f"  continuous-aggregate refresh (1 m + 1 h) {total / secs_r:>9,.0f} raw rows/s "
           f"({total:,} rows, {secs_r:.1f}s)")
-    combined = written / (secs_b + secs_c + secs_e + secs_r * written / total)
-    print(f"  writer + its share of the refresh {combined:>9,.0f} rows/s  ratio {combined / raw_rate:.2f}")
+    stored = written.rows + devices * per_device * 6
+    combined = stored / (written.seconds + dup.seconds + secs_r * stored / total)
+    print(f"  writer + its share of the refresh {combined:>9,.0f} rows/s  ratio {combined / raw.rate:.2f}")
     print(f"  readings heap + indexes {before / total:.1f} B/value; compressed (segment by device) "
           f"{after / total:.1f} B/value, x{before / after:.1f}, in {secs_z:.1f}s")
 
@@ -135,6 +126,7 @@ async def main() -> None:
     parser.add_argument("--uplinks", type=int, default=20, help="uplinks per device per run")
     parser.add_argument("--batch", type=int, default=pg_bench.CHUNK,
                         help="uplinks (Kafka records) per transaction")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of raw, writer, writer, raw")
     args = parser.parse_args()
     pg_bench.CHUNK = args.batch  # _chunks reads it there
     started = time.perf_counter()
@@ -147,7 +139,7 @@ async def main() -> None:
             version = await timescale.installed_version(conn)
         print(f"timescaledb {version}")
         await _pause_policies(url)
-        await bench_writes(url, args.devices, args.uplinks)
+        await bench_writes(url, args.devices, args.uplinks, args.rounds)
         await bench_queries(url)
     print(f"total {time.perf_counter() - started:.0f}s")
 

@@ -116,13 +116,18 @@ QUERY_DATA: tuple[sql.SQL, ...] = (
         SELECT 'dev-' || lpad(g::text, 6, '0'), (ARRAY['air', 'noise', 'water', 'charger'])[1 + g % 4],
                'bench', 'lte-cat1', 'township-' || (g % 200), 'district-' || (g % 20), 60
         FROM generate_series(0, 99999) g"""),
-    sql.SQL("""INSERT INTO latest_readings (device_id, metric, time, value, received_at)
-        SELECT device_id, m, {now} - (hashint4(length(device_id) + ascii(m)) % 600) * interval '1 second',
-               (hashtext(device_id || m) % 1000) / 10.0, {now}
-        FROM devices, unnest(ARRAY['pm25', 'no2']) m"""),
-    sql.SQL("""INSERT INTO device_state (device_id, last_seen, last_time)
-        SELECT device_id, {now} - (abs(hashtext(device_id)) % 400) * interval '1 second', {now}
-        FROM devices"""),
+    # latest values of pm25 and no2 (arrays sorted by metric, times in Unix microseconds)
+    sql.SQL("""INSERT INTO device_state (device_id, last_seen, last_time, latest_metrics, latest_times,
+                                         latest_values, latest_received, latest_time)
+        SELECT device_id, {now} - (abs(hashtext(device_id)) % 400) * interval '1 second', {now},
+               array_agg(m ORDER BY m), array_agg((extract(epoch FROM t) * 1000000)::bigint ORDER BY m),
+               array_agg(v ORDER BY m), array_agg((extract(epoch FROM {now}) * 1000000)::bigint),
+               max(t)
+        FROM (SELECT device_id, m, {now} - (hashint4(length(device_id) + ascii(m)) % 600)
+                                            * interval '1 second' AS t,
+                     (hashtext(device_id || m) % 1000) / 10.0 AS v
+              FROM devices, unnest(ARRAY['pm25', 'no2']) m) x
+        GROUP BY device_id"""),
     sql.SQL("""INSERT INTO readings (device_id, metric, time, value, received_at)
         SELECT 'dev-' || lpad(d::text, 6, '0'), 'pm25', t, (d + extract(minute FROM t)) % 100, t
         FROM generate_series(0, 299) d,

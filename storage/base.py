@@ -1,8 +1,10 @@
 """The sink contract.
 
-``write(batches)`` stores every record of the batches in one database
-transaction and returns only after it has committed. It is idempotent:
-the same batches written twice leave the database as after once, which is
+``write(batches)`` stores every record of the batches and returns only after
+everything it wrote has committed (``ReadingsSink`` uses two transactions,
+committed together only once both have succeeded). It is idempotent: the
+same batches written twice leave the database as after once, and a write
+that failed part-way is completed by writing the batches again, which is
 what makes at-least-once delivery from Kafka exactly-once in the tables.
 """
 

@@ -23,7 +23,14 @@ TRANSIENT = (
 
 
 async def open_pool(url: str, *, min_size: int = 1, max_size: int = 4) -> AsyncConnectionPool:
-    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False)
+    """A pool that checks each connection as it hands it out (one empty round trip).
+
+    Without the check, a connection the server dropped while idle (a restart, a
+    terminated backend) fails the next write, and with two connections per write
+    (``ReadingsSink``) the retry could draw the other dead one too.
+    """
+    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
+                               check=AsyncConnectionPool.check_connection)
     try:
         await pool.open(wait=True, timeout=30)
     except Exception as exc:  # pool raises PoolTimeout, wrapping the connect error

@@ -55,6 +55,8 @@ def _v1(ctx: SchemaContext) -> list[Query]:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "registry, time series, latest state", _v1),
     Migration(2, "rollups 1 minute and 1 hour", lambda ctx: schema.rollups(ctx.backend)),
+    Migration(3, "latest values in one row per device",
+              lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_LATEST]),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version

@@ -55,4 +55,4 @@ class StorageSettings(CommonSettings):
 class WriterSettings(StorageSettings):
     writer_group: str = "citysense-writer"
     writer_max_records: int = Field(default=5000, ge=1)
-    db_pool_size: int = Field(default=4, ge=1)
+    db_pool_size: int = Field(default=4, ge=2)  # the sink takes two per write

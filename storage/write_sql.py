@@ -1,14 +1,17 @@
 """The writer's SQL: the fast COPY, staging tables and the statements that move staged rows.
 
 Fast path (every row new): readings are COPYed straight into ``readings``
-inside a savepoint; latest state is upserted from a stage holding one row
-per (device, metric) — the newest of the batch, reduced in Python — and the
-touched rollup buckets are noted in ``rollup_dirty``. Slow path (a
-re-delivery: the COPY met the primary key): the savepoint is rolled back,
-the rows are COPYed into a stage and inserted with ``ON CONFLICT DO
-NOTHING``; only the rows actually inserted (``RETURNING``) feed latest state
-and the dirty buckets. A re-delivered row therefore changes nothing, and a
-late row lands at its real time and dirties the buckets of that time.
+inside a savepoint, and the touched rollup buckets are noted in
+``rollup_dirty``. Slow path (a re-delivery: the COPY met the primary key):
+the savepoint is rolled back, the rows are COPYed into a stage and inserted
+with ``ON CONFLICT DO NOTHING``; only the rows actually inserted
+(``RETURNING``) dirty rollup buckets. Either way ``device_state`` is then
+updated from a stage holding one row per device — last seen, and the newest
+reading per metric of the batch, reduced in Python. That update only ever
+moves a value forward in time (an older or equal time never replaces a
+stored one), so feeding it the whole batch on the slow path is the same as
+feeding it the rows inserted. A re-delivered row therefore changes nothing,
+and a late row lands at its real time and dirties the buckets of that time.
 
 Rollups (PostgreSQL path) are not touched here: ``storage.rollups`` recomputes
 dirty buckets from raw rows in the background, and ``storage.queries`` reads
@@ -16,10 +19,11 @@ raw rows for buckets still dirty, so answers stay exact.
 
 Times of readings travel as ``int8`` in binary COPY: PostgreSQL's binary
 ``timestamptz`` *is* a big-endian int64 of microseconds since 2000-01-01 UTC,
-so ``microseconds since the Unix epoch - PG_EPOCH_US`` needs no Python
+so ``microseconds since the Unix epoch - write_rows.PG_EPOCH_US`` needs no Python
 datetime and no conversion in SQL. Groups are upserted in key order so two
 writers touching the same rows cannot deadlock in practice (and a deadlock
-would be retried).
+would be retried); Kafka's keying by device keeps two writers off the same
+device anyway, except across a rebalance.
 """
 
 from __future__ import annotations
@@ -31,11 +35,8 @@ from psycopg import sql
 from storage.db import Query
 from storage.schema import BUCKET_ORIGIN, ROLLUPS
 
-# 2000-01-01 00:00 UTC in Unix microseconds: the zero of PostgreSQL's binary timestamptz.
-PG_EPOCH_US = 946_684_800 * 1_000_000
-
 READINGS_STAGE = sql.Identifier("readings_stage")
-LATEST_STAGE = sql.Identifier("latest_stage")
+DEVICE_STAGE = sql.Identifier("device_stage")
 STATUS_STAGE = sql.Identifier("status_stage")
 HEALTH_STAGE = sql.Identifier("health_stage")
 
@@ -43,16 +44,17 @@ CREATE_STAGES = sql.SQL(
     """CREATE TEMP TABLE IF NOT EXISTS {r} (
            device_id text, metric text, time timestamptz, value double precision,
            received_at timestamptz, seq bigint, quality smallint) ON COMMIT DELETE ROWS;
-       CREATE TEMP TABLE IF NOT EXISTS {l} (
-           device_id text, metric text, time timestamptz, value double precision,
-           received_at timestamptz) ON COMMIT DELETE ROWS;
        CREATE TEMP TABLE IF NOT EXISTS {s} (
            device_id text, connector integer, time_us bigint, state text,
            error_code text, session_id text, info text) ON COMMIT DELETE ROWS;
        CREATE TEMP TABLE IF NOT EXISTS {h} (
            device_id text, time_us bigint, rsrp_dbm real, sinr_db real,
-           ce_level smallint, battery_v real) ON COMMIT DELETE ROWS"""
-).format(r=READINGS_STAGE, l=LATEST_STAGE, s=STATUS_STAGE, h=HEALTH_STAGE)
+           ce_level smallint, battery_v real) ON COMMIT DELETE ROWS;
+       CREATE TEMP TABLE IF NOT EXISTS {d} (
+           device_id text, last_seen timestamptz, last_time timestamptz,
+           metrics text[], times bigint[], vals double precision[], received bigint[],
+           first_time timestamptz, latest_time timestamptz) ON COMMIT DELETE ROWS"""
+).format(d=DEVICE_STAGE, r=READINGS_STAGE, s=STATUS_STAGE, h=HEALTH_STAGE)
 
 _READING_COLUMNS = sql.SQL("device_id, metric, time, value, received_at, seq, quality")
 # time and received_at are sent as int8: see the module docstring.
@@ -60,10 +62,6 @@ READINGS_TYPES = ["text", "text", "int8", "float8", "int8", "int8", "int2"]
 COPY_READINGS = sql.SQL("COPY readings ({}) FROM STDIN (FORMAT BINARY)").format(_READING_COLUMNS)
 COPY_READINGS_STAGE = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
     READINGS_STAGE, _READING_COLUMNS)
-LATEST_TYPES = ["text", "text", "int8", "float8", "int8"]
-COPY_LATEST_STAGE = sql.SQL(
-    "COPY {} (device_id, metric, time, value, received_at) FROM STDIN (FORMAT BINARY)").format(LATEST_STAGE)
-
 COPY_STATUS = sql.SQL(
     "COPY {} (device_id, connector, time_us, state, error_code, session_id, info)"
     " FROM STDIN (FORMAT BINARY)"
@@ -81,16 +79,6 @@ def _ts(column: LiteralString) -> Query:
     return sql.SQL("timestamptz 'epoch' + {} * interval '1 microsecond'").format(sql.Identifier(column))
 
 
-_LATEST_UPSERT = """INSERT INTO latest_readings AS l (device_id, metric, time, value, received_at)
-    SELECT DISTINCT ON (device_id, metric) device_id, metric, time, value, received_at
-    FROM {source} ORDER BY device_id, metric, time DESC
-    ON CONFLICT (device_id, metric) DO UPDATE SET
-        time = excluded.time, value = excluded.value, received_at = excluded.received_at
-    WHERE l.time < excluded.time"""
-
-# Fast path: the stage already holds one row per (device, metric); DISTINCT ON is then a no-op sort.
-LATEST_FROM_STAGE = sql.SQL(_LATEST_UPSERT).format(source=LATEST_STAGE)
-
 # Fast path: the buckets (of every rollup) the batch touched, computed by the sink.
 NOTE_DIRTY = sql.SQL(
     """INSERT INTO rollup_dirty (rollup, bucket)
@@ -98,16 +86,15 @@ NOTE_DIRTY = sql.SQL(
 
 
 def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
-    """Insert-or-ignore the staged readings; latest state (and dirty buckets) from the rows inserted.
+    """Insert-or-ignore the staged readings; dirty buckets from the rows inserted.
 
     Yields the number of rows inserted.
     """
     ctes: list[sql.Composable] = [
         sql.SQL(
             """ins AS (INSERT INTO readings ({cols}) SELECT {cols} FROM {stage}
-                ON CONFLICT DO NOTHING RETURNING device_id, metric, time, value, received_at)"""
+                ON CONFLICT DO NOTHING RETURNING time)"""
         ).format(cols=_READING_COLUMNS, stage=READINGS_STAGE),
-        sql.SQL("latest AS ({})").format(sql.SQL(_LATEST_UPSERT).format(source=sql.Identifier("ins"))),
     ]
     if note_dirty:
         for name, width in ROLLUPS.items():
@@ -160,14 +147,68 @@ HEALTH_STATEMENT = sql.SQL(
        ON CONFLICT DO NOTHING"""
 ).format(t=_ts("time_us"), stage=HEALTH_STAGE)
 
-SEEN_STATEMENT = sql.SQL(
-    """INSERT INTO device_state AS d (device_id, last_seen, last_time)
-       SELECT device_id, {seen}, {last} FROM unnest(%s::text[], %s::bigint[], %s::bigint[])
-            AS u (device_id, seen_us, last_us)
-       ORDER BY device_id
-       ON CONFLICT (device_id) DO UPDATE SET
-           last_seen = greatest(d.last_seen, excluded.last_seen),
-           last_time = greatest(d.last_time, excluded.last_time)
-       WHERE d.last_seen < excluded.last_seen OR d.last_time IS NULL
-          OR d.last_time < excluded.last_time"""
-).format(seen=_ts("seen_us"), last=_ts("last_us"))
+# One row per device of the batch: last_seen/last_time as in device_state, and its newest
+# reading per metric as arrays sorted by metric (empty without readings) with the oldest
+# (first_time) and newest (latest_time) reading times. Devices the sink has not seen yet
+# are inserted first (DEVICE_NEW); then one update merges the stage into device_state.
+# Where the batch supersedes what is stored (no readings, nothing stored yet, or the same
+# metrics all newer than anything stored: the common case by far) its arrays replace the
+# stored ones; otherwise ``latest_merge`` (migration 3) keeps the newer value per metric.
+# Rows the batch would not change (a re-delivery) are skipped, and a value is only ever
+# replaced by a strictly newer one.
+# The arrays arrive already in binary array format (``write_rows``): sent as they are.
+DEVICE_TYPES = ["text", "int8", "int8", "bytea", "bytea", "bytea", "bytea", "int8", "int8"]
+COPY_DEVICE_STAGE = sql.SQL(
+    "COPY {} (device_id, last_seen, last_time, metrics, times, vals, received, first_time, latest_time)"
+    " FROM STDIN (FORMAT BINARY)").format(DEVICE_STAGE)
+
+DEVICE_NEW = sql.SQL(
+    """INSERT INTO device_state (device_id, last_seen, last_time, latest_metrics, latest_times,
+                                 latest_values, latest_received, latest_time)
+       SELECT s.device_id, s.last_seen, s.last_time, s.metrics, s.times, s.vals, s.received, s.latest_time
+       FROM {stage} s
+       WHERE NOT EXISTS (SELECT FROM device_state d WHERE d.device_id = s.device_id)
+       ORDER BY s.device_id
+       ON CONFLICT (device_id) DO NOTHING"""
+).format(stage=DEVICE_STAGE)
+
+_SUPERSEDES = """(s.first_time IS NULL OR d.latest_time IS NULL
+                  OR (s.first_time > d.latest_time AND s.metrics = d.latest_metrics))"""
+_MERGED = """(latest_merge(d.latest_metrics, d.latest_times, d.latest_values, d.latest_received,
+                           s.metrics, s.times, s.vals, s.received))"""
+
+
+def _latest_column(column: LiteralString, stage_column: LiteralString, field: LiteralString) -> LiteralString:
+    return (column + " = CASE WHEN s.first_time IS NULL THEN d." + column
+            + " WHEN " + _SUPERSEDES + " THEN s." + stage_column
+            + " ELSE " + _MERGED + "." + field + " END")
+
+
+DEVICE_UPDATE = sql.SQL(
+    """UPDATE device_state d SET
+           last_seen = greatest(d.last_seen, s.last_seen),
+           last_time = greatest(d.last_time, s.last_time),
+           latest_time = greatest(d.latest_time, s.latest_time),
+           """ + _latest_column("latest_metrics", "metrics", "metrics") + """,
+           """ + _latest_column("latest_times", "times", "times") + """,
+           """ + _latest_column("latest_values", "vals", "vals") + """,
+           """ + _latest_column("latest_received", "received", "received") + """
+       FROM {stage} s
+       WHERE d.device_id = s.device_id
+         AND (s.last_seen > d.last_seen OR s.last_time > d.last_time
+              OR (d.last_time IS NULL AND s.last_time IS NOT NULL)
+              OR (s.first_time IS NOT NULL AND (d.latest_time IS NULL OR s.first_time > d.latest_time))
+              OR (s.first_time IS NOT NULL
+                  -- a re-delivery carries the very times stored: skip the function for it
+                  AND NOT (s.times = d.latest_times AND s.metrics = d.latest_metrics)
+                  AND latest_has_newer(d.latest_metrics, d.latest_times, s.metrics, s.times)))"""
+).format(stage=DEVICE_STAGE)
+
+# The stage is a few hundred rows against up to millions of devices: an index lookup per
+# row, never a scan of device_state (the stage has no statistics to tell the planner so).
+# Sent with the update in one round trip (no parameters: the simple query protocol).
+DEVICE_STATEMENTS = sql.SQL(
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n{}").format(DEVICE_UPDATE)
+DEVICE_STATEMENTS_WITH_NEW = sql.SQL(
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n{};\n{}").format(
+        DEVICE_NEW, DEVICE_UPDATE)

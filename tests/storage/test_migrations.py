@@ -51,7 +51,7 @@ async def test_migrate_twice_is_a_no_op(empty_database: str) -> None:
 def test_db_migrate_command_twice_is_a_no_op(empty_database: str) -> None:
     first = _cli("db", "migrate", database_url=empty_database)
     assert first.returncode == 0, first.stderr
-    assert "applied migrations [1, 2]" in first.stdout
+    assert "applied migrations [1, 2, 3]" in first.stdout
     second = _cli("db", "migrate", database_url=empty_database)
     assert second.returncode == 0, second.stderr
     assert "schema is up to date" in second.stdout
@@ -68,11 +68,32 @@ async def test_plain_postgres_records_its_backend(empty_database: str) -> None:
 async def test_a_too_old_schema_is_refused_with_a_clear_message(empty_database: str) -> None:
     async with await psycopg.AsyncConnection.connect(empty_database) as conn:
         assert await migrations.migrate(conn, target=1) == [1]
-        expected = r"version 1, this code needs 2: run `citysense db migrate`"
+        expected = r"version 1, this code needs 3: run `citysense db migrate`"
         with pytest.raises(SchemaTooOldError, match=expected):
             await migrations.require_current(conn)
-        assert await migrations.migrate(conn) == [2]  # and migrating finishes the job
+        assert await migrations.migrate(conn) == [2, 3]  # and migrating finishes the job
         await migrations.require_current(conn)
+
+
+async def test_migration_3_keeps_the_latest_values_it_moves(empty_database: str) -> None:
+    """Latest values written under schema 2 (a table) read the same under 3 (a view)."""
+    rows = [("a-1", "no2", "2030-06-01 12:00:00+00", 41.125, "2030-06-01 12:00:01+00"),
+            ("a-1", "pm25", "2030-06-01 11:59:00.5+00", 12.5, "2030-06-01 12:00:01+00"),
+            ("a-2", "pm25", "2030-05-31 08:00:00+00", -3.0, "2030-06-01 09:30:00+00")]
+    select = "SELECT device_id, metric, time, value, received_at FROM latest_readings ORDER BY 1, 2"
+    async with await psycopg.AsyncConnection.connect(empty_database) as conn:
+        await migrations.migrate(conn, target=2, prefer_timescale=False)
+        await conn.execute("INSERT INTO device_state VALUES ('a-2', '2030-06-01 09:30:00+00', NULL)")
+        async with conn.cursor() as cur:
+            await cur.executemany("INSERT INTO latest_readings VALUES (%s, %s, %s, %s, %s)", rows)
+        before = await (await conn.execute(select)).fetchall()
+        await conn.commit()
+        assert await migrations.migrate(conn) == [3]
+        assert await (await conn.execute(select)).fetchall() == before
+        cur = await conn.execute(
+            "SELECT device_id, last_seen, latest_time FROM device_state ORDER BY 1")
+        assert [(d, str(seen.date()), str(latest.date())) for d, seen, latest in await cur.fetchall()] == [
+            ("a-1", "2030-06-01", "2030-06-01"), ("a-2", "2030-06-01", "2030-05-31")]
 
 
 async def test_the_writer_refuses_to_start_on_a_too_old_schema(

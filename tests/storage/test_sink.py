@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import timedelta
 
@@ -166,18 +167,45 @@ async def test_partitions_follow_a_changed_interval_without_overlap(pg_store: St
 
 
 async def test_lost_connection_is_retriable_and_loses_nothing(pg_store: Store) -> None:
-    pool = await open_pool(pg_store.url, min_size=1, max_size=1)
+    pool = await open_pool(pg_store.url, min_size=2, max_size=2)
     try:
         sink = ReadingsSink(pool, pg_store.settings)
         await sink.write([uplink("air-1", T0, {"pm25": 1.0})])
-        async with pool.connection() as conn:
-            pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+        async with pool.connection() as a, pool.connection() as b:
+            pids = [(await (await c.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0] for c in (a, b)]
         async with await psycopg.AsyncConnection.connect(pg_store.url, autocommit=True) as admin:
-            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        batch = [uplink("air-1", T0 + MIN, {"pm25": 2.0})]
-        with pytest.raises(StorageUnavailableError) as info:
-            await sink.write(batch)
-        assert info.value.retriable
+            await admin.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+            await _until(admin, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = ANY(%s)", pids)
+        # idle connections the server dropped are replaced as the pool hands them out
+        assert (await sink.write([uplink("air-1", T0 + MIN, {"pm25": 2.0})])).readings_inserted == 1
+
+        # a connection lost in the middle of a write: retriable, and nothing is half-written
+        batch = [uplink("air-1", T0 + 2 * MIN, {"pm25": 3.0})]
+        async with await psycopg.AsyncConnection.connect(pg_store.url) as locker, \
+                await psycopg.AsyncConnection.connect(pg_store.url, autocommit=True) as admin:
+            await locker.execute("LOCK TABLE device_state IN EXCLUSIVE MODE")
+            write = asyncio.ensure_future(sink.write(batch))
+            waiting = """FROM pg_stat_activity WHERE datname = current_database()
+                         AND wait_event_type = 'Lock' AND pid <> %s"""
+            await _until(admin, "SELECT EXISTS (SELECT " + waiting + ")", locker.info.backend_pid)
+            await admin.execute("SELECT pg_terminate_backend(pid) " + waiting, (locker.info.backend_pid,))
+            with pytest.raises(StorageUnavailableError) as info:
+                await write
+            assert info.value.retriable
+            await locker.rollback()
         assert (await sink.write(batch)).readings_inserted == 1  # the stage's retry succeeds
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT value FROM readings ORDER BY time")
+            assert [v for v, in await cur.fetchall()] == [1.0, 2.0, 3.0]
+            cur = await conn.execute("SELECT metric, value FROM latest_readings")
+            assert await cur.fetchall() == [("pm25", 3.0)]
     finally:
         await pool.close()
+
+
+async def _until(conn: psycopg.AsyncConnection[tuple[object, ...]], query: str, param: object) -> None:
+    for _ in range(200):
+        if (await (await conn.execute(query, (param,))).fetchone() or [False])[0]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still not true after 10 s: {query}")
