@@ -178,6 +178,9 @@ _MERGED = """(latest_merge(d.latest_metrics, d.latest_times, d.latest_values, d.
                            s.metrics, s.times, s.vals, s.received))"""
 
 
+# The merge branch calls latest_merge once per array column (four times per merged row):
+# computing it once needs a sub-select per row, which the replace branch, the common one,
+# would then pay too. Simulated fleets send one set of metrics per kind, so merges are rare.
 def _latest_column(column: LiteralString, stage_column: LiteralString, field: LiteralString) -> LiteralString:
     return (column + " = CASE WHEN s.first_time IS NULL THEN d." + column
             + " WHEN " + _SUPERSEDES + " THEN s." + stage_column

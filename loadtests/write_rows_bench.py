@@ -1,0 +1,64 @@
+"""The writer's Python row building alone: records -> COPY rows and device state rows.
+
+    .venv/bin/python -m loadtests.write_rows_bench [--devices 1000] [--uplinks 20] [--batch 800]
+
+No services. Same stream as ``loadtests.storage_bench`` (air uplinks, six
+readings each, ``--batch`` uplinks from as many devices per transaction).
+Prints milliseconds per transaction for ``WriteRows.of`` as the writer runs
+it (cyclic GC paused) and with the collector left on, and for
+``device_rows``. Best of 5 passes over the stream; figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+
+from citysense.records import RecordBatch
+from loadtests.storage_bench import BASE
+from loadtests.storage_common import uplinks
+from storage.write_rows import WriteRows
+
+
+def _gc_left_on(batches: Sequence[RecordBatch]) -> WriteRows:
+    out = WriteRows()
+    for b in batches:
+        out._add(b)  # what ``of`` does, without pausing the collector
+    return out
+
+
+def _best_ms(fn: Callable[[], object], passes: int = 5) -> float:
+    best = float("inf")
+    for _ in range(passes):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--uplinks", type=int, default=20, help="uplinks per device")
+    parser.add_argument("--batch", type=int, default=800, help="uplinks per transaction")
+    args = parser.parse_args()
+    stream = uplinks(args.devices, args.uplinks, BASE)
+    chunks = [stream[i:i + args.batch] for i in range(0, len(stream), args.batch)]
+    built = [WriteRows.of(c) for c in chunks]
+    readings = sum(len(r.readings) for r in built)
+    per_txn = len(chunks)
+    cases = {
+        "WriteRows.of (GC paused, as the writer runs it)": lambda: [WriteRows.of(c) for c in chunks],
+        "WriteRows.of with the cyclic GC left on": lambda: [_gc_left_on(c) for c in chunks],
+        "device_rows (one state row per device)": lambda: [r.device_rows() for r in built],
+    }
+    print(f"{readings:,} readings in {per_txn} transactions of {args.batch} uplinks "
+          f"({args.batch * 6:,} readings); ms per transaction, best of 5:")
+    for name, fn in cases.items():
+        print(f"  {name:<50} {_best_ms(fn) / per_txn:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
