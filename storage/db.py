@@ -22,6 +22,14 @@ TRANSIENT = (
 )
 
 
+async def _reset(conn: Conn) -> None:
+    """A connection goes back to the pool as it came out: a borrower that switched it to
+    autocommit must not hand the next one (the writer) a connection whose every statement
+    commits on its own, which would break the writer's all-or-nothing transactions."""
+    if conn.autocommit:
+        await conn.set_autocommit(False)
+
+
 async def open_pool(url: str, *, min_size: int = 1, max_size: int = 4) -> AsyncConnectionPool:
     """A pool that checks each connection as it hands it out (one empty round trip).
 
@@ -30,7 +38,7 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 4) -> AsyncC
     (``ReadingsSink``) the retry could draw the other dead one too.
     """
     pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                               check=AsyncConnectionPool.check_connection)
+                               check=AsyncConnectionPool.check_connection, reset=_reset)
     try:
         await pool.open(wait=True, timeout=30)
     except Exception as exc:  # pool raises PoolTimeout, wrapping the connect error

@@ -57,6 +57,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "rollups 1 minute and 1 hour", lambda ctx: schema.rollups(ctx.backend)),
     Migration(3, "latest values in one row per device",
               lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_LATEST]),
+    Migration(4, "the writer's per-device input type",
+              lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_BATCH_STATE]),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -30,6 +30,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from citysense.records import RecordBatch
+from storage import copy_binary as cb
 from storage import migrations, partitions
 from storage import write_sql as w
 from storage.base import WriteResult
@@ -41,6 +42,7 @@ from storage.write_rows import MINUTE_US, PG_EPOCH_US, Row, WriteRows
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _HOUR_US = 3_600_000_000
+_ENCODE_STEP = 100  # batches (uplinks) encoded per slice sent while the next is built
 _MAX_KNOWN = 2_000_000  # device ids remembered as having a device_state row (about 200 MB at most)
 # Rollup widths must be whole minutes or hours: buckets are computed from the
 # PostgreSQL epoch (2000-01-01), which shares minute and hour boundaries with BUCKET_ORIGIN.
@@ -60,28 +62,27 @@ class ReadingsSink:
         self._settings = settings or migrations.default_settings()
         self._width = partitions.width_us(self._settings.chunk_interval)
         self._backend: Backend | None = None
-        self._covered: dict[str, set[int]] = {}
-        self._staged: weakref.WeakSet[Conn] = weakref.WeakSet()
+        self._adapted: weakref.WeakSet[Conn] = weakref.WeakSet()  # connections that dump cb.Raw
+        self._staged: weakref.WeakSet[Conn] = weakref.WeakSet()  # ones with the readings stage
+        self._input_oid = 0  # of device_batch_state, looked up with the backend
         # devices whose device_state row this sink has seen committed: rows are never deleted,
         # so batches made only of known devices skip the insert of new ones
         self._known: set[str] = set()
 
     async def write(self, batches: Sequence[RecordBatch]) -> WriteResult:
-        try:
-            rows = WriteRows.of(batches)
-        except ValueError as exc:
-            raise StorageRejectedError(f"write refused: {exc}") from exc
+        rows = WriteRows.plan(batches)  # encoded as it is sent (_move_readings)
         if not rows.devices:
             return WriteResult(0, 0)
         try:
             for attempt in (1, 2):
                 try:
-                    return await self._write(rows)
+                    return await self._write(rows, make_partitions=attempt == 2)
                 except psycopg.errors.CheckViolation as exc:
-                    # "no partition of relation .. found for row": a partition was dropped under us.
-                    if attempt == 2 or "partition" not in str(exc):
+                    # "no partition of relation .. found for row": a time no partition covers
+                    # yet (maintenance creates them ahead), or one dropped under us. Make the
+                    # batch's partitions and write it again.
+                    if attempt == 2 or "partition" not in str(exc) or self._backend != POSTGRES:
                         raise StorageRejectedError(f"write refused: {exc}") from exc
-                    self._covered.clear()
         except TRANSIENT as exc:
             raise StorageUnavailableError(f"write failed, will retry: {exc}") from exc
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.DataError,
@@ -90,150 +91,174 @@ class ReadingsSink:
             raise StorageRejectedError(f"write refused: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def _write(self, rows: WriteRows) -> WriteResult:
+    async def _write(self, rows: WriteRows, *, make_partitions: bool) -> WriteResult:
         """Time series on one connection, device state on a second, both in flight at once.
 
         The state update runs on the server while the readings are still being
-        encoded and COPYed. Neither transaction commits before both have run
-        every statement; if either fails by then, both roll back, so records
-        the database refuses leave no trace. The two commits then go out
-        together. Should only one of them land (a crash, a lost connection),
-        the write fails and the batch's offsets stay uncommitted: it comes
-        again, whatever was stored is ignored as duplicate (readings) or as
-        not newer (state), and the rest is written then.
+        stored. Neither transaction commits before both have run every
+        statement; if either fails by then, both roll back, so records the
+        database refuses leave no trace. Then the state transaction commits
+        without waiting for its WAL flush (``synchronous_commit = off``), and
+        the readings transaction commits with it: flushing the WAL up to its
+        own commit record flushes the state's, written before it. One flush
+        makes both durable, where two commits would wait for two. Should only
+        one of them land (a crash, a lost connection), the write fails and the
+        batch's offsets stay uncommitted: it comes again, whatever was stored
+        is ignored as duplicate (readings) or as not newer (state), and the
+        rest is written then.
         """
         async with self._pool.connection() as conn, self._pool.connection() as side:
             if self._backend is None:
                 self._backend = await migrations.backend(conn)
+                cur = await conn.execute("SELECT 'device_batch_state'::regtype::oid")
+                self._input_oid = int((await cur.fetchone() or [0])[0])
                 await conn.commit()
-            if self._backend == POSTGRES:
+            if make_partitions:
                 await self._ensure_partitions(conn, rows)
             for c in (conn, side):
-                if c not in self._staged:  # temporary stages live as long as the connection
-                    await c.execute(w.CREATE_STAGES)
-                    await c.commit()
-                    self._staged.add(c)
-            state = _StateUpdate(side, rows, new=not self._known.issuperset(rows.devices))
+                if c not in self._adapted:
+                    c.adapters.register_dumper(cb.Raw, cb.RawDumper)
+                    self._adapted.add(c)
+            state = _StateUpdate(side, rows, self._known, self._input_oid)
             try:
-                async with conn.transaction():
-                    inserted = await self._move_readings(conn, rows, state)
-                    state.start()  # if there were no readings to overlap it with
-                    statuses = await self._move(
-                        conn, rows.statuses, w.COPY_STATUS, w.STATUS_TYPES, w.STATUS_STATEMENT,
-                        count_query=True)
-                    health = await self._move(
-                        conn, rows.health, w.COPY_HEALTH, w.HEALTH_TYPES, w.HEALTH_STATEMENT,
-                        count_query=False)
-                    await state.finish()  # its failure rolls this transaction back too
-                    state.commit()  # beside this transaction's own commit
+                inserted, all_new = await self._move_readings(conn, rows, state)
+                state.start()  # if there were no readings to overlap it with
+                statuses = await self._move(conn, rows.statuses, w.STATUS_STATEMENT, count_query=True)
+                health = await self._move(conn, rows.health, w.HEALTH_STATEMENT, count_query=False)
+                await state.finish()  # its failure rolls this transaction back too
+                # no WAL flush of its own when this transaction's commit will flush (it wrote)
+                await state.commit(flushed_later=inserted + statuses + health > 0)
+                if all_new and self._backend == POSTGRES:
+                    # The fast path stored every reading: all the buckets they touch are
+                    # dirty, noted in the round trip of the commit.
+                    async with conn.pipeline():
+                        await conn.execute(w.NOTE_DIRTY, _dirty_buckets(rows.minutes))
+                        await conn.commit()
+                else:
+                    await conn.commit()
             except BaseException:
                 await state.abandon()
+                with contextlib.suppress(psycopg.Error):
+                    await conn.rollback()
                 raise
-            await state.committed()
         if len(self._known) > _MAX_KNOWN:
             self._known.clear()
         self._known.update(rows.devices)
-        return WriteResult(len(rows.readings), inserted, statuses, health)
+        return WriteResult(rows.reading_count, inserted, statuses, health)
 
-    async def _move_readings(self, conn: Conn, rows: WriteRows, state: _StateUpdate) -> int:
-        if not rows.readings:
-            return 0
-        note_dirty = self._backend == POSTGRES
+    async def _move_readings(self, conn: Conn, rows: WriteRows, state: _StateUpdate) -> tuple[int, bool]:
+        """The first statement of ``conn``'s transaction: the fast COPY, or on a duplicate key
+        a fresh transaction that inserts through the stage and notes the dirty buckets of
+        what it inserted. Returns (readings inserted, whether the fast path stored them all)."""
+        if not rows.reading_count:
+            for _ in rows.encode(len(rows.batches)):  # device state is complete once all is encoded
+                pass
+            return 0, False
         async with conn.cursor() as cur:
             try:
-                # a savepoint: the fast path may meet a duplicate
-                async with conn.transaction(), cur.copy(w.COPY_READINGS) as copy:
-                    copy.set_types(w.READINGS_TYPES)
-                    for row in rows.readings:
-                        await copy.write_row(row)
-                    # The server works through the rows now; the state update is built and
-                    # sent meanwhile, so the second connection works beside this one.
+                async with cur.copy(w.COPY_READINGS) as copy:
+                    # The server stores each slice while the next is encoded.
+                    await copy.write(cb.HEADER)
+                    if rows.readings:  # encoded for an earlier attempt (see write)
+                        await copy.write(bytes(rows.readings))
+                    for data in rows.encode(_ENCODE_STEP):
+                        await copy.write(data)
+                    await copy.write(cb.TRAILER)
+                    # The server works through the last rows now; the state update is built
+                    # and sent meanwhile, so the second connection works beside this one.
                     state.start()
                     await asyncio.sleep(0)
             except psycopg.errors.UniqueViolation:
                 # A re-delivery (or a duplicate inside the batch): insert-or-ignore, and dirty
-                # only the buckets of what is new.
-                await _copy(cur, w.COPY_READINGS_STAGE, w.READINGS_TYPES, rows.readings)
-                await cur.execute(w.slow_readings_statement(note_dirty=note_dirty))
+                # only the buckets of what is new. Nothing else ran in the transaction yet
+                # (no savepoint needed, which would cost two round trips per write).
+                await conn.rollback()
+                for _ in rows.encode(len(rows.batches)):  # should the server have stopped early
+                    pass
+                if conn not in self._staged:  # temporary: it lives as long as the connection
+                    await conn.execute(w.CREATE_READINGS_STAGE)
+                    await conn.commit()
+                    self._staged.add(conn)
+                await _copy_data(cur, w.COPY_READINGS_STAGE, rows.readings)
+                await cur.execute(w.slow_readings_statement(note_dirty=self._backend == POSTGRES))
                 got = await cur.fetchone()
-                return int(got[0]) if got else 0
-            if note_dirty:
-                names, buckets = _dirty_buckets(rows.minutes)
-                await cur.execute(w.NOTE_DIRTY, (names, buckets))
-            return len(rows.readings)
+                return (int(got[0]) if got else 0), False
+            return rows.reading_count, True
 
     @staticmethod
-    async def _move(conn: Conn, rows: list[Row], copy_sql: Query, types: list[str],
-                    statement: Query, *, count_query: bool) -> int:
+    async def _move(conn: Conn, rows: list[Row], statement: Query, *, count_query: bool) -> int:
+        """Statuses or health: few per write, sent as one array per column."""
         if not rows:
             return 0
         async with conn.cursor() as cur:
-            await _copy(cur, copy_sql, types, rows)
-            await cur.execute(statement)
+            await cur.execute(statement, [list(column) for column in zip(*rows, strict=True)])
             if count_query:
                 got = await cur.fetchone()
                 return int(got[0]) if got else 0
             return max(cur.rowcount, 0)
 
     async def _ensure_partitions(self, conn: Conn, rows: WriteRows) -> None:
+        """Create the partitions the batch needs (PostgreSQL path, after a write met a missing one)."""
+        for _ in rows.encode(len(rows.batches)):  # its minutes are known once all is encoded
+            pass
         width = self._width
-        needed: dict[str, Iterable[Row]] = {
-            "readings": rows.readings, "charger_status": rows.statuses, "device_health": rows.health}
-        for table, table_rows in needed.items():
-            if table == "readings" and width % MINUTE_US == 0:
-                # every reading's minute is in rows.minutes (PG-epoch, minute-aligned like the
-                # partition origin): a partition holds whole minutes, so they name the same ones
-                buckets = {partitions.bucket_index(m + PG_EPOCH_US, width) for m in rows.minutes}
-            else:
-                time_col = 1 if table == "device_health" else 2
-                shift = PG_EPOCH_US if table == "readings" else 0  # readings carry PG-epoch times
-                buckets = {partitions.bucket_index(cast(int, r[time_col]) + shift, width)
-                           for r in table_rows}
-            covered = self._covered.setdefault(table, set())
-            missing = buckets - covered
-            if missing:
-                starts = [partitions.bucket_start(i, self._settings.chunk_interval) for i in missing]
+        needed: dict[str, set[int]] = {
+            # partitions hold whole minutes (chunk_interval is whole minutes: StorageSettings), and
+            # rows.minutes are PG-epoch minute starts, aligned like the partitions' origin
+            "readings": {partitions.bucket_index(m + PG_EPOCH_US, width) for m in rows.minutes},
+            "charger_status": {partitions.bucket_index(cast(int, r[2]), width) for r in rows.statuses},
+            "device_health": {partitions.bucket_index(cast(int, r[1]), width) for r in rows.health},
+        }
+        for table, buckets in needed.items():
+            if buckets:
+                starts = [partitions.bucket_start(i, self._settings.chunk_interval) for i in buckets]
                 await partitions.ensure(conn, table, starts, self._settings.chunk_interval)
-                covered |= missing
 
 
 class _StateUpdate:
     """The device-state half of a write, on its own connection and transaction (see ``_write``)."""
 
-    def __init__(self, conn: Conn, rows: WriteRows, *, new: bool) -> None:
+    def __init__(self, conn: Conn, rows: WriteRows, known: set[str], input_oid: int) -> None:
         self._conn = conn
         self._rows = rows
-        self._new = new  # some device may have no device_state row yet
+        self._input_oid = input_oid
+        self._known = known  # devices seen with a device_state row (see ReadingsSink)
         self._task: asyncio.Future[None] | None = None
-        self._commit: asyncio.Future[None] | None = None
+        self._committed = False
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.ensure_future(self._run(self._rows.device_rows()))
+            states = cb.Raw(self._rows.device_input(self._input_oid))
+            self._task = asyncio.ensure_future(self._run(states))
 
-    async def _run(self, device_rows: list[Row]) -> None:
-        """Stage one row per device and merge it into ``device_state``; leaves the transaction open."""
-        async with self._conn.cursor() as cur:
-            await _copy(cur, w.COPY_DEVICE_STAGE, w.DEVICE_TYPES, device_rows)
-            await cur.execute(w.DEVICE_STATEMENTS_WITH_NEW if self._new else w.DEVICE_STATEMENTS)
+    async def _run(self, states: cb.Raw) -> None:
+        """Merge one record per device into ``device_state``; leaves the transaction open."""
+        new = not self._known.issuperset(self._rows.devices)  # some device may have no row yet
+        params = {"states": states}
+        async with self._conn.pipeline(), self._conn.cursor() as cur:
+            # (the settings include synchronous_commit off for this transaction: see commit)
+            await cur.execute(w.DEVICE_SETTINGS)
+            if new:
+                await cur.execute(w.DEVICE_NEW, params)
+            await cur.execute(w.DEVICE_UPDATE, params)
 
     async def finish(self) -> None:
         self.start()
         assert self._task is not None
         await self._task
 
-    def commit(self) -> None:
-        self._commit = asyncio.ensure_future(self._conn.commit())
-
-    async def committed(self) -> None:
-        assert self._commit is not None
-        await self._commit
+    async def commit(self, *, flushed_later: bool) -> None:
+        """Commit without waiting for the WAL flush (set in ``_run``) when the readings commit
+        that follows will flush it (see ``ReadingsSink._write``). It will if its transaction
+        wrote anything; one that wrote nothing commits without a flush, so then this waits."""
+        if not flushed_later:
+            await self._conn.execute("SET LOCAL synchronous_commit = on")
+        self._committed = True
+        await self._conn.commit()
 
     async def abandon(self) -> None:
-        """After a failure: roll back if not committing yet, else let the commit finish."""
-        if self._commit is not None:
-            with contextlib.suppress(BaseException):
-                await self._commit
+        """After a failure: roll back unless committed already."""
+        if self._committed:
             return
         if self._task is not None:
             self._task.cancel()
@@ -243,12 +268,12 @@ class _StateUpdate:
             await self._conn.rollback()
 
 
-async def _copy(cur: psycopg.AsyncCursor[object], statement: Query, types: list[str],
-                rows: Iterable[Row]) -> None:
+async def _copy_data(cur: psycopg.AsyncCursor[object], statement: Query, rows: bytes | bytearray) -> None:
+    """COPY rows already in binary COPY format (``storage.copy_binary``)."""
     async with cur.copy(statement) as copy:
-        copy.set_types(types)
-        for row in rows:
-            await copy.write_row(row)
+        await copy.write(cb.HEADER)
+        await copy.write(rows)
+        await copy.write(cb.TRAILER)
 
 
 def _dirty_buckets(minutes: set[int]) -> tuple[list[str], list[datetime]]:

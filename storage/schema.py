@@ -264,3 +264,16 @@ DEVICE_LATEST: tuple[LiteralString, ...] = (
             unnest(s.latest_metrics, s.latest_times, s.latest_values, s.latest_received)
             AS u (metric, time, value, received)""",
 )
+
+
+# Migration 4: the type of the writer's per-device input. The writer sends one array of
+# these as a single binary parameter and updates ``device_state`` from ``unnest`` of it,
+# instead of COPYing into a temporary stage: a transaction that touched a temporary table
+# truncates every ON COMMIT DELETE ROWS table of its session when it commits, which cost
+# the writer's state transaction about 0.4 ms per table on every write.
+DEVICE_BATCH_STATE: tuple[LiteralString, ...] = (
+    """CREATE TYPE device_batch_state AS (
+           device_id text, last_seen timestamptz, last_time timestamptz,
+           metrics text[], times bigint[], vals double precision[], received bigint[],
+           first_time timestamptz, latest_time timestamptz)""",
+)

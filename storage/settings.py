@@ -40,8 +40,9 @@ class StorageSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _check_intervals(self) -> StorageSettings:
-        if self.chunk_interval < timedelta(minutes=1):
-            raise ValueError("chunk_interval must be at least one minute")
+        if self.chunk_interval < timedelta(minutes=1) or self.chunk_interval % timedelta(minutes=1):
+            # whole minutes: the writer finds the partitions a batch needs from its minutes
+            raise ValueError("chunk_interval must be a whole number of minutes, at least one")
         if self.compression_after <= self.late_arrival_window:
             raise ValueError(
                 "compression_after must be longer than late_arrival_window "

@@ -17,7 +17,9 @@ Rollups (PostgreSQL path) are not touched here: ``storage.rollups`` recomputes
 dirty buckets from raw rows in the background, and ``storage.queries`` reads
 raw rows for buckets still dirty, so answers stay exact.
 
-Times of readings travel as ``int8`` in binary COPY: PostgreSQL's binary
+Readings and device-stage rows arrive as binary COPY data built in Python
+(``storage.write_rows``, ``storage.copy_binary``), in the column order of
+``COPY_READINGS`` and ``COPY_DEVICE_STAGE``. Their times are int64: PostgreSQL's binary
 ``timestamptz`` *is* a big-endian int64 of microseconds since 2000-01-01 UTC,
 so ``microseconds since the Unix epoch - write_rows.PG_EPOCH_US`` needs no Python
 datetime and no conversion in SQL. Groups are upserted in key order so two
@@ -36,42 +38,30 @@ from storage.db import Query
 from storage.schema import BUCKET_ORIGIN, ROLLUPS
 
 READINGS_STAGE = sql.Identifier("readings_stage")
-DEVICE_STAGE = sql.Identifier("device_stage")
-STATUS_STAGE = sql.Identifier("status_stage")
-HEALTH_STAGE = sql.Identifier("health_stage")
 
-CREATE_STAGES = sql.SQL(
+# The one temporary table: re-delivered readings are staged there before insert-or-ignore.
+# Everything else comes as array parameters: a commit that follows any use of a temporary
+# table truncates every ON COMMIT DELETE ROWS table of the session (about 0.4 ms each),
+# so the fast path touches none, and a connection only gets this one once it needs it.
+CREATE_READINGS_STAGE = sql.SQL(
     """CREATE TEMP TABLE IF NOT EXISTS {r} (
            device_id text, metric text, time timestamptz, value double precision,
-           received_at timestamptz, seq bigint, quality smallint) ON COMMIT DELETE ROWS;
-       CREATE TEMP TABLE IF NOT EXISTS {s} (
-           device_id text, connector integer, time_us bigint, state text,
-           error_code text, session_id text, info text) ON COMMIT DELETE ROWS;
-       CREATE TEMP TABLE IF NOT EXISTS {h} (
-           device_id text, time_us bigint, rsrp_dbm real, sinr_db real,
-           ce_level smallint, battery_v real) ON COMMIT DELETE ROWS;
-       CREATE TEMP TABLE IF NOT EXISTS {d} (
-           device_id text, last_seen timestamptz, last_time timestamptz,
-           metrics text[], times bigint[], vals double precision[], received bigint[],
-           first_time timestamptz, latest_time timestamptz) ON COMMIT DELETE ROWS"""
-).format(d=DEVICE_STAGE, r=READINGS_STAGE, s=STATUS_STAGE, h=HEALTH_STAGE)
+           received_at timestamptz, seq bigint, quality smallint) ON COMMIT DELETE ROWS"""
+).format(r=READINGS_STAGE)
 
 _READING_COLUMNS = sql.SQL("device_id, metric, time, value, received_at, seq, quality")
-# time and received_at are sent as int8: see the module docstring.
-READINGS_TYPES = ["text", "text", "int8", "float8", "int8", "int8", "int2"]
+# Rows arrive as binary COPY data built by storage.write_rows (time and received_at as int8
+# microseconds: see the module docstring); the column order here is the order it writes.
 COPY_READINGS = sql.SQL("COPY readings ({}) FROM STDIN (FORMAT BINARY)").format(_READING_COLUMNS)
 COPY_READINGS_STAGE = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
     READINGS_STAGE, _READING_COLUMNS)
-COPY_STATUS = sql.SQL(
-    "COPY {} (device_id, connector, time_us, state, error_code, session_id, info)"
-    " FROM STDIN (FORMAT BINARY)"
-).format(STATUS_STAGE)
-STATUS_TYPES = ["text", "int4", "int8", "text", "text", "text", "text"]
-
-COPY_HEALTH = sql.SQL(
-    "COPY {} (device_id, time_us, rsrp_dbm, sinr_db, ce_level, battery_v) FROM STDIN (FORMAT BINARY)"
-).format(HEALTH_STAGE)
-HEALTH_TYPES = ["text", "int8", "float4", "float4", "int2", "float4"]
+# Statuses and health come as one array parameter per column, in this order (write_rows).
+_STATUS_INPUT = sql.SQL(
+    """unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[])
+       AS s (device_id, connector, time_us, state, error_code, session_id, info)""")
+_HEALTH_INPUT = sql.SQL(
+    """unnest(%s::text[], %s::bigint[], %s::real[], %s::real[], %s::smallint[], %s::real[])
+       AS s (device_id, time_us, rsrp_dbm, sinr_db, ce_level, battery_v)""")
 
 
 def _ts(column: LiteralString) -> Query:
@@ -109,7 +99,7 @@ def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
 STATUS_STATEMENT = sql.SQL(
     """WITH ins AS (
         INSERT INTO charger_status (device_id, connector, time, state, error_code, session_id, info)
-        SELECT device_id, connector, {t}, state, error_code, session_id, info FROM {stage}
+        SELECT device_id, connector, {t}, state, error_code, session_id, info FROM {input}
         ON CONFLICT DO NOTHING
         RETURNING device_id, connector, time, state, error_code, session_id, info),
     conn AS (
@@ -124,8 +114,8 @@ STATUS_STATEMENT = sql.SQL(
                                            last_state, start_reason, stop_reason)
         SELECT device_id, session_id, (array_agg(connector ORDER BY time DESC))[1],
                min(time), max(time), (array_agg(state ORDER BY time DESC))[1],
-               coalesce(min(substr(info, 7)) FILTER (WHERE info LIKE 'start:%%'), ''),
-               coalesce(min(substr(info, 6)) FILTER (WHERE info LIKE 'stop:%%'), '')
+               coalesce(min(substr(info, 7)) FILTER (WHERE starts_with(info, 'start:')), ''),
+               coalesce(min(substr(info, 6)) FILTER (WHERE starts_with(info, 'stop:')), '')
         FROM ins WHERE session_id <> '' GROUP BY device_id, session_id ORDER BY 1, 2
         ON CONFLICT (device_id, session_id) DO UPDATE SET
             started_at = least(s.started_at, excluded.started_at),
@@ -139,13 +129,13 @@ STATUS_STATEMENT = sql.SQL(
                               THEN excluded.last_state ELSE s.last_state END,
             last_at = greatest(s.last_at, excluded.last_at))
     SELECT count(*) FROM ins"""
-).format(t=_ts("time_us"), stage=STATUS_STAGE)
+).format(t=_ts("time_us"), input=_STATUS_INPUT)
 
 HEALTH_STATEMENT = sql.SQL(
     """INSERT INTO device_health (device_id, time, rsrp_dbm, sinr_db, ce_level, battery_v)
-       SELECT device_id, {t}, rsrp_dbm, sinr_db, ce_level, battery_v FROM {stage}
+       SELECT device_id, {t}, rsrp_dbm, sinr_db, ce_level, battery_v FROM {input}
        ON CONFLICT DO NOTHING"""
-).format(t=_ts("time_us"), stage=HEALTH_STAGE)
+).format(t=_ts("time_us"), input=_HEALTH_INPUT)
 
 # One row per device of the batch: last_seen/last_time as in device_state, and its newest
 # reading per metric as arrays sorted by metric (empty without readings) with the oldest
@@ -156,21 +146,19 @@ HEALTH_STATEMENT = sql.SQL(
 # stored ones; otherwise ``latest_merge`` (migration 3) keeps the newer value per metric.
 # Rows the batch would not change (a re-delivery) are skipped, and a value is only ever
 # replaced by a strictly newer one.
-# The arrays arrive already in binary array format (``write_rows``): sent as they are.
-DEVICE_TYPES = ["text", "int8", "int8", "bytea", "bytea", "bytea", "bytea", "int8", "int8"]
-COPY_DEVICE_STAGE = sql.SQL(
-    "COPY {} (device_id, last_seen, last_time, metrics, times, vals, received, first_time, latest_time)"
-    " FROM STDIN (FORMAT BINARY)").format(DEVICE_STAGE)
+# The input arrives as one binary parameter, an array of ``device_batch_state`` records
+# (schema migration 4) built by ``write_rows``; sent as it is (copy_binary.Raw).
+_DEVICE_INPUT = sql.SQL("unnest(%(states)b::device_batch_state[]) s")
 
 DEVICE_NEW = sql.SQL(
     """INSERT INTO device_state (device_id, last_seen, last_time, latest_metrics, latest_times,
                                  latest_values, latest_received, latest_time)
        SELECT s.device_id, s.last_seen, s.last_time, s.metrics, s.times, s.vals, s.received, s.latest_time
-       FROM {stage} s
+       FROM {input}
        WHERE NOT EXISTS (SELECT FROM device_state d WHERE d.device_id = s.device_id)
        ORDER BY s.device_id
        ON CONFLICT (device_id) DO NOTHING"""
-).format(stage=DEVICE_STAGE)
+).format(input=_DEVICE_INPUT)
 
 _SUPERSEDES = """(s.first_time IS NULL OR d.latest_time IS NULL
                   OR (s.first_time > d.latest_time AND s.metrics = d.latest_metrics))"""
@@ -196,7 +184,7 @@ DEVICE_UPDATE = sql.SQL(
            """ + _latest_column("latest_times", "times", "times") + """,
            """ + _latest_column("latest_values", "vals", "vals") + """,
            """ + _latest_column("latest_received", "received", "received") + """
-       FROM {stage} s
+       FROM {input}
        WHERE d.device_id = s.device_id
          AND (s.last_seen > d.last_seen OR s.last_time > d.last_time
               OR (d.last_time IS NULL AND s.last_time IS NOT NULL)
@@ -205,13 +193,13 @@ DEVICE_UPDATE = sql.SQL(
                   -- a re-delivery carries the very times stored: skip the function for it
                   AND NOT (s.times = d.latest_times AND s.metrics = d.latest_metrics)
                   AND latest_has_newer(d.latest_metrics, d.latest_times, s.metrics, s.times)))"""
-).format(stage=DEVICE_STAGE)
+).format(input=_DEVICE_INPUT)
 
-# The stage is a few hundred rows against up to millions of devices: an index lookup per
-# row, never a scan of device_state (the stage has no statistics to tell the planner so).
-# Sent with the update in one round trip (no parameters: the simple query protocol).
-DEVICE_STATEMENTS = sql.SQL(
-    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n{}").format(DEVICE_UPDATE)
-DEVICE_STATEMENTS_WITH_NEW = sql.SQL(
-    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n{};\n{}").format(
-        DEVICE_NEW, DEVICE_UPDATE)
+# The input is a few hundred rows against up to millions of devices: an index lookup per
+# row, never a scan of device_state (a prepared, generic plan cannot see the array's size).
+# Sent before the update, in the same round trip (a pipeline). The transaction commits
+# without waiting for its WAL flush: the readings transaction's commit, sent after it,
+# flushes both (``ReadingsSink._write``).
+DEVICE_SETTINGS = sql.SQL(
+    """SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true),
+              set_config('synchronous_commit', 'off', true)""")

@@ -106,8 +106,10 @@ async def test_a_batch_the_database_refuses_leaves_no_device_state(store: Store)
     from storage.exceptions import StorageRejectedError
 
     huge_seq = RecordBatch("a-2", ns(T0), (Reading("a-2", "pm25", ns(T0), 2.0, ns(T0), 2**63),))
+    # enough good neighbours that the COPY has sent several slices before the bad record
+    neighbours = [uplink(f"b-{i:03d}", T0, {"pm25": 1.0}) for i in range(250)]
     with pytest.raises(StorageRejectedError):
-        await store.sink.write([uplink("a-1", T0, {"pm25": 1.0}), huge_seq])
+        await store.sink.write([uplink("a-1", T0, {"pm25": 1.0}), *neighbours, huge_seq])
     async with store.pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM device_state")
         assert await cur.fetchone() == (0,)

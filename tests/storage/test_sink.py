@@ -152,6 +152,9 @@ async def test_partition_dropped_under_the_sink_is_recreated(pg_store: Store) ->
     assert dropped
     result = await pg_store.sink.write([uplink("air-1", T0 + MIN, {"pm25": 2.0})])
     assert result.readings_inserted == 1
+    async with pg_store.pool.connection() as conn:  # the retry sent the rows again
+        cur = await conn.execute("SELECT value FROM readings")
+        assert await cur.fetchall() == [(2.0,)]
 
 
 async def test_partitions_follow_a_changed_interval_without_overlap(pg_store: Store) -> None:
@@ -199,6 +202,17 @@ async def test_lost_connection_is_retriable_and_loses_nothing(pg_store: Store) -
             assert [v for v, in await cur.fetchall()] == [1.0, 2.0, 3.0]
             cur = await conn.execute("SELECT metric, value FROM latest_readings")
             assert await cur.fetchall() == [("pm25", 3.0)]
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_returns_to_the_pool_out_of_autocommit(pg_store: Store) -> None:
+    pool = await open_pool(pg_store.url, min_size=1, max_size=1)
+    try:
+        async with pool.connection() as conn:
+            await conn.set_autocommit(True)
+        async with pool.connection() as conn:
+            assert not conn.autocommit
     finally:
         await pool.close()
 

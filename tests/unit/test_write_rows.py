@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from citysense.records import Health, Reading, RecordBatch
+from storage import copy_binary
 from storage.write_rows import PG_EPOCH_US, WriteRows
 
 S = 1_000_000_000  # ns per second
@@ -35,6 +36,78 @@ def _array(raw: object) -> tuple[int, list[object]]:
     return oid, out
 
 
+def _copy_rows(data: bytes, types: str) -> list[tuple[object, ...]]:
+    """Decode binary COPY rows (no header): ``types`` has a letter per field, t(ext), q (int8),
+    d (float8), h (int2) or r(aw bytes)."""
+    rows: list[tuple[object, ...]] = []
+    at = 0
+    while at < len(data):
+        (n,) = struct.unpack_from(">h", data, at)
+        assert n == len(types)
+        at += 2
+        row: list[object] = []
+        for kind in types:
+            (size,) = struct.unpack_from(">i", data, at)
+            at += 4
+            if size == -1:
+                row.append(None)
+                continue
+            raw = data[at:at + size]
+            at += size
+            if kind in "qdh":
+                assert size == struct.calcsize(">" + kind)
+                row.append(struct.unpack(">" + kind, raw)[0])
+            else:
+                row.append(raw.decode() if kind == "t" else bytes(raw))
+        rows.append(tuple(row))
+    assert at == len(data)
+    return rows
+
+
+def _readings(rows: WriteRows) -> list[tuple[object, ...]]:
+    return _copy_rows(bytes(rows.readings), "ttqdqqh")
+
+
+_TYPE_OID = 424242  # stands for device_batch_state's oid, which each database assigns
+# device_batch_state's columns (schema migration 4): text, 2 timestamptz, 4 arrays, 2 timestamptz
+_COLUMN_OIDS = [25, 1184, 1184, 1009, 1016, 1022, 1016, 1184, 1184]
+
+
+def _device_rows(rows: WriteRows) -> list[tuple[object, ...]]:
+    """Decode the binary array of device_batch_state records: a tuple per record (timestamptz
+    as PG-epoch microseconds, arrays as their raw binary)."""
+    data = rows.device_input(_TYPE_OID)
+    ndim, flags, oid = struct.unpack_from(">iii", data)
+    assert (flags, oid) == (0, _TYPE_OID)
+    if ndim == 0:
+        assert len(data) == 12
+        return []
+    n, lower = struct.unpack_from(">ii", data, 12)
+    assert (ndim, lower) == (1, 1)
+    at = 20
+    out: list[tuple[object, ...]] = []
+    for _ in range(n):
+        size, columns = struct.unpack_from(">ii", data, at)
+        end = at + 4 + size
+        at += 8
+        assert columns == len(_COLUMN_OIDS)
+        row: list[object] = []
+        for want in _COLUMN_OIDS:
+            oid, size = struct.unpack_from(">ii", data, at)
+            assert oid == want
+            at += 8
+            if size == -1:
+                row.append(None)
+                continue
+            raw = data[at:at + size]
+            at += size
+            row.append(raw.decode() if oid == 25 else struct.unpack(">q", raw)[0] if oid == 1184 else raw)
+        assert at == end
+        out.append(tuple(row))
+    assert at == len(data)
+    return out
+
+
 def _batch(device: str, *readings: tuple[str, int, float], received: int = T + 60 * S) -> RecordBatch:
     return RecordBatch(device, received, tuple(Reading(device, m, t, v, received) for m, t, v in readings))
 
@@ -45,7 +118,7 @@ def test_device_row_holds_the_newest_value_per_metric_sorted_by_metric() -> None
         _batch("a", ("pm25", T + 10 * S, 3.0), received=T + 70 * S),
         _batch("a", ("pm25", T - 10 * S, 4.0), ("no2", T, 9.0)),  # older, and an equal time
     ])
-    (device, seen, last, metrics, times, values, received, first, newest), = rows.device_rows()
+    (device, seen, last, metrics, times, values, received, first, newest), = _device_rows(rows)
     us = T // 1000
     assert device == "a"
     assert _array(metrics) == (25, ["no2", "pm25"])
@@ -56,17 +129,51 @@ def test_device_row_holds_the_newest_value_per_metric_sorted_by_metric() -> None
     assert seen == (T + 70 * S) // 1000 - PG_EPOCH_US
     assert (last, first, newest) == (us + 10_000_000 - PG_EPOCH_US, us - 10_000_000 - PG_EPOCH_US,
                                      us + 10_000_000 - PG_EPOCH_US)
-    assert len(rows.readings) == 5
+    assert rows.reading_count == 5
+    shift = PG_EPOCH_US
+    assert _readings(rows)[:3] == [
+        ("a", "pm25", us - shift, 1.0, (T + 60 * S) // 1000 - shift, -1, 0),
+        ("a", "no2", us - shift, 2.0, (T + 60 * S) // 1000 - shift, -1, 0),
+        ("a", "pm25", us + 10_000_000 - shift, 3.0, (T + 70 * S) // 1000 - shift, -1, 0)]
     assert rows.minutes == {(us - PG_EPOCH_US) // 60_000_000 * 60_000_000,
                             (us - 10_000_000 - PG_EPOCH_US) // 60_000_000 * 60_000_000}
 
 
+@pytest.mark.parametrize(("readings", "expected"), [
+    ((("pm25", T, 1.0), ("pm25", T, 5.0)), [1.0]),  # one time, a metric twice: the first stays
+    ((("pm25", T, 1.0), ("pm25", T + S, 2.0)), [2.0]),  # two times in one uplink: the newer
+    ((("no2", T, 1.0), ("pm25", T, 2.0), ("co", T, 3.0)), [3.0, 1.0, 2.0]),  # sorted by metric
+])
+def test_one_uplink_gives_the_newest_value_per_metric(
+        readings: tuple[tuple[str, int, float], ...], expected: list[float]) -> None:
+    (row,) = _device_rows(WriteRows.of([_batch("a", *readings)]))
+    assert _array(row[5])[1] == expected
+    assert _array(row[3])[1] == sorted({m for m, _, _ in readings})
+
+
 def test_a_device_without_readings_stages_empty_arrays() -> None:
     batch = RecordBatch("nb", T, health=(Health("nb", T - 5 * S, -100.0, 3.0, 1, 3.6),))
-    (row,) = WriteRows.of([batch]).device_rows()
+    (row,) = _device_rows(WriteRows.of([batch]))
     assert row[:3] == ("nb", T // 1000 - PG_EPOCH_US, (T - 5 * S) // 1000 - PG_EPOCH_US)
     assert [_array(a) for a in row[3:7]] == [(25, []), (20, []), (701, []), (20, [])]
     assert row[7:] == (None, None)
+
+
+def test_readings_are_binary_copy_rows_postgres_reads() -> None:
+    """Seq and quality as stored, a gateway's reading under its own device, UTF-8 names."""
+    gateway = RecordBatch("gw", T, (Reading("gw", "温度", T, 21.5, T, 2**40, 3),
+                                    Reading("leaf-7", "pm25", T - S, 4.0, T, 7, 0)))
+    rows = WriteRows.of([gateway])
+    us, shift = T // 1000, PG_EPOCH_US
+    assert _readings(rows) == [("gw", "温度", us - shift, 21.5, us - shift, 2**40, 3),
+                               ("leaf-7", "pm25", us - 1_000_000 - shift, 4.0, us - shift, 7, 0)]
+    assert [r[0] for r in _device_rows(rows)] == ["gw", "leaf-7"]
+    assert copy_binary.HEADER.startswith(b"PGCOPY\n\xff\r\n\x00") and len(copy_binary.HEADER) == 19
+
+
+def test_a_seq_out_of_range_of_int8_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        WriteRows.of([RecordBatch("a", T, (Reading("a", "pm25", T, 1.0, T, 2**63),))])
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
