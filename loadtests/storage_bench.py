@@ -10,7 +10,7 @@ may be shared.
 
 Write: the same kind of stream (air-quality uplinks, six readings each, each
 transaction ``--batch`` uplinks from as many different devices) is written by
-``ReadingsSink.write`` (COPY into ``readings`` in a savepoint with the staged
+``ReadingsSink.write`` (COPY straight into ``readings``, with the staged
 insert-or-ignore fallback, dirty rollup buckets, and on a second connection
 at the same time the device state: last seen and latest value per metric)
 and by a bare binary ``COPY readings FROM STDIN`` in transactions of the same

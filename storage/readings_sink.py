@@ -2,19 +2,20 @@
 
 Each write is two transactions on two connections, in flight together and
 committed together once both have succeeded (``ReadingsSink._write``): the
-time series on one, ``device_state`` on the other. Readings are first COPYed directly into
-``readings`` inside a savepoint, which is as fast as a bare COPY; if that
-meets the primary key (a re-delivery, or a duplicate inside the batch), the
-savepoint is rolled back and the rows go through a per-connection
-temporary stage and ``INSERT .. ON CONFLICT DO NOTHING``, so re-delivered
-rows vanish. ``device_state`` (last seen, and the latest value per metric)
-is updated from one row per device, reduced in Python (``write_rows``); on plain PostgreSQL
-the touched rollup buckets are noted for ``storage.rollups`` (see
-``storage.write_sql``). Times travel as integer microseconds, which avoids
-building a Python datetime per row.
+time series on one, ``device_state`` on the other. The readings are encoded
+as binary COPY data in Python (``write_rows``) a slice at a time and sent as
+each slice is ready, so the server stores one slice while the next is built.
+If that COPY meets the primary key (a re-delivery, or a duplicate inside the
+batch), the transaction is rolled back and the rows go through a
+per-connection temporary stage and ``INSERT .. ON CONFLICT DO NOTHING``, so
+re-delivered rows vanish. ``device_state`` (last seen, and the latest value
+per metric) is updated from one record per device, reduced in Python and sent
+as one array parameter; on plain PostgreSQL the touched rollup buckets are
+noted for ``storage.rollups`` (see ``storage.write_sql``). Times travel as
+integer microseconds, which avoids building a Python datetime per row.
 
-On plain PostgreSQL the partitions a batch needs are created first, in
-their own short transaction, from a per-sink cache of covered buckets.
+On plain PostgreSQL, maintenance creates partitions ahead; a write that meets
+a time no partition covers creates the partitions it needs and runs again.
 """
 
 from __future__ import annotations

@@ -1,31 +1,33 @@
-"""The writer's SQL: the fast COPY, staging tables and the statements that move staged rows.
+"""The writer's SQL: the fast COPY, the re-delivery stage, and the state and status statements.
 
-Fast path (every row new): readings are COPYed straight into ``readings``
-inside a savepoint, and the touched rollup buckets are noted in
-``rollup_dirty``. Slow path (a re-delivery: the COPY met the primary key):
-the savepoint is rolled back, the rows are COPYed into a stage and inserted
-with ``ON CONFLICT DO NOTHING``; only the rows actually inserted
-(``RETURNING``) dirty rollup buckets. Either way ``device_state`` is then
-updated from a stage holding one row per device — last seen, and the newest
-reading per metric of the batch, reduced in Python. That update only ever
-moves a value forward in time (an older or equal time never replaces a
-stored one), so feeding it the whole batch on the slow path is the same as
-feeding it the rows inserted. A re-delivered row therefore changes nothing,
-and a late row lands at its real time and dirties the buckets of that time.
+Fast path (every row new): readings are COPYed straight into ``readings``,
+and the touched rollup buckets are noted in ``rollup_dirty`` with the
+commit. Slow path (a re-delivery: the COPY met the primary key): the
+transaction is rolled back, the rows are COPYed into a temporary stage and
+inserted with ``ON CONFLICT DO NOTHING``; only the rows actually inserted
+(``RETURNING``) dirty rollup buckets. Either way ``device_state`` is
+updated from one ``device_batch_state`` record per device (migration 4) —
+last seen, and the newest reading per metric of the batch, reduced in
+Python and sent as one array parameter. That update only ever moves a value
+forward in time (an older or equal time never replaces a stored one), so
+feeding it the whole batch on the slow path is the same as feeding it the
+rows inserted. A re-delivered row therefore changes nothing, and a late row
+lands at its real time and dirties the buckets of that time.
 
 Rollups (PostgreSQL path) are not touched here: ``storage.rollups`` recomputes
 dirty buckets from raw rows in the background, and ``storage.queries`` reads
 raw rows for buckets still dirty, so answers stay exact.
 
-Readings and device-stage rows arrive as binary COPY data built in Python
-(``storage.write_rows``, ``storage.copy_binary``), in the column order of
-``COPY_READINGS`` and ``COPY_DEVICE_STAGE``. Their times are int64: PostgreSQL's binary
-``timestamptz`` *is* a big-endian int64 of microseconds since 2000-01-01 UTC,
-so ``microseconds since the Unix epoch - write_rows.PG_EPOCH_US`` needs no Python
-datetime and no conversion in SQL. Groups are upserted in key order so two
-writers touching the same rows cannot deadlock in practice (and a deadlock
-would be retried); Kafka's keying by device keeps two writers off the same
-device anyway, except across a rebalance.
+Readings arrive as binary COPY data, and device states as one binary array
+of records, built in Python (``storage.write_rows``, ``storage.copy_binary``)
+in the column order of ``COPY_READINGS`` and of ``device_batch_state``. Their
+times are int64: PostgreSQL's binary ``timestamptz`` *is* a big-endian int64
+of microseconds since 2000-01-01 UTC, so ``microseconds since the Unix epoch -
+write_rows.PG_EPOCH_US`` needs no Python datetime and no conversion in SQL.
+Groups are upserted in key order so two writers touching the same rows
+cannot deadlock in practice (and a deadlock would be retried); Kafka's keying
+by device keeps two writers off the same device anyway, except across a
+rebalance.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ HEALTH_STATEMENT = sql.SQL(
 # One row per device of the batch: last_seen/last_time as in device_state, and its newest
 # reading per metric as arrays sorted by metric (empty without readings) with the oldest
 # (first_time) and newest (latest_time) reading times. Devices the sink has not seen yet
-# are inserted first (DEVICE_NEW); then one update merges the stage into device_state.
+# are inserted first (DEVICE_NEW); then one update merges the input into device_state.
 # Where the batch supersedes what is stored (no readings, nothing stored yet, or the same
 # metrics all newer than anything stored: the common case by far) its arrays replace the
 # stored ones; otherwise ``latest_merge`` (migration 3) keeps the newer value per metric.

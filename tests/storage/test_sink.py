@@ -9,6 +9,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from citysense.records import RecordBatch
 from storage import partitions, queries, rollups
@@ -170,15 +171,12 @@ async def test_partitions_follow_a_changed_interval_without_overlap(pg_store: St
 
 
 async def test_lost_connection_is_retriable_and_loses_nothing(pg_store: Store) -> None:
-    pool = await open_pool(pg_store.url, min_size=2, max_size=2)
+    pool = await open_pool(pg_store.url, min_size=2, max_size=2, check_idle_after_s=0.2)
     try:
         sink = ReadingsSink(pool, pg_store.settings)
         await sink.write([uplink("air-1", T0, {"pm25": 1.0})])
-        async with pool.connection() as a, pool.connection() as b:
-            pids = [(await (await c.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0] for c in (a, b)]
-        async with await psycopg.AsyncConnection.connect(pg_store.url, autocommit=True) as admin:
-            await admin.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
-            await _until(admin, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = ANY(%s)", pids)
+        await _terminate_pool_connections(pool, pg_store.url)
+        await asyncio.sleep(0.3)
         # idle connections the server dropped are replaced as the pool hands them out
         assert (await sink.write([uplink("air-1", T0 + MIN, {"pm25": 2.0})])).readings_inserted == 1
 
@@ -215,6 +213,40 @@ async def test_a_connection_returns_to_the_pool_out_of_autocommit(pg_store: Stor
             assert not conn.autocommit
     finally:
         await pool.close()
+
+
+async def test_a_connection_dropped_just_after_use_fails_the_write_retriably(pg_store: Store) -> None:
+    """Connections used within the last second are handed out unchecked (open_pool): one the
+    server dropped in that second fails a write, retriably, and the pool then replaces it."""
+    pool = await open_pool(pg_store.url, min_size=2, max_size=2, check_idle_after_s=60)
+    try:
+        sink = ReadingsSink(pool, pg_store.settings)
+        await sink.write([uplink("air-1", T0, {"pm25": 1.0})])
+        await _terminate_pool_connections(pool, pg_store.url)
+        failures = 0
+        for _attempt in range(4):  # as the writer's stage retries; both connections may be dead
+            try:
+                await sink.write([uplink("air-1", T0 + MIN, {"pm25": 2.0})])
+                break
+            except StorageUnavailableError as exc:
+                assert exc.retriable
+                failures += 1
+        else:
+            raise AssertionError("the write never succeeded")
+        assert 1 <= failures <= 2
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT value FROM readings ORDER BY time")
+            assert [v for v, in await cur.fetchall()] == [1.0, 2.0]
+    finally:
+        await pool.close()
+
+
+async def _terminate_pool_connections(pool: AsyncConnectionPool, url: str) -> None:
+    async with pool.connection() as a, pool.connection() as b:
+        pids = [a.info.backend_pid, b.info.backend_pid]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+        await _until(admin, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = ANY(%s)", pids)
 
 
 async def _until(conn: psycopg.AsyncConnection[tuple[object, ...]], query: str, param: object) -> None:

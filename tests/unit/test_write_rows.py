@@ -36,6 +36,15 @@ def _array(raw: object) -> tuple[int, list[object]]:
     return oid, out
 
 
+def _field(data: bytes, at: int) -> tuple[bytes | None, int]:
+    """One field at ``at``: its size (-1 for NULL), then its bytes; and where the next starts."""
+    (size,) = struct.unpack_from(">i", data, at)
+    at += 4
+    if size == -1:
+        return None, at
+    return data[at:at + size], at + size
+
+
 def _copy_rows(data: bytes, types: str) -> list[tuple[object, ...]]:
     """Decode binary COPY rows (no header): ``types`` has a letter per field, t(ext), q (int8),
     d (float8), h (int2) or r(aw bytes)."""
@@ -47,18 +56,14 @@ def _copy_rows(data: bytes, types: str) -> list[tuple[object, ...]]:
         at += 2
         row: list[object] = []
         for kind in types:
-            (size,) = struct.unpack_from(">i", data, at)
-            at += 4
-            if size == -1:
-                row.append(None)
-                continue
-            raw = data[at:at + size]
-            at += size
-            if kind in "qdh":
-                assert size == struct.calcsize(">" + kind)
-                row.append(struct.unpack(">" + kind, raw)[0])
+            raw, at = _field(data, at)
+            if raw is None or kind == "r":
+                row.append(raw)
+            elif kind == "t":
+                row.append(raw.decode())
             else:
-                row.append(raw.decode() if kind == "t" else bytes(raw))
+                assert len(raw) == struct.calcsize(">" + kind)
+                row.append(struct.unpack(">" + kind, raw)[0])
         rows.append(tuple(row))
     assert at == len(data)
     return rows
@@ -93,15 +98,13 @@ def _device_rows(rows: WriteRows) -> list[tuple[object, ...]]:
         assert columns == len(_COLUMN_OIDS)
         row: list[object] = []
         for want in _COLUMN_OIDS:
-            oid, size = struct.unpack_from(">ii", data, at)
+            (oid,) = struct.unpack_from(">i", data, at)
             assert oid == want
-            at += 8
-            if size == -1:
-                row.append(None)
-                continue
-            raw = data[at:at + size]
-            at += size
-            row.append(raw.decode() if oid == 25 else struct.unpack(">q", raw)[0] if oid == 1184 else raw)
+            raw, at = _field(data, at + 4)
+            if raw is None or oid not in (25, 1184):
+                row.append(raw)
+            else:
+                row.append(raw.decode() if oid == 25 else struct.unpack(">q", raw)[0])
         assert at == end
         out.append(tuple(row))
     assert at == len(data)
