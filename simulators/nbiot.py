@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 from citysense.records import Health, Reading, RecordBatch
@@ -169,75 +169,88 @@ class NbiotDevice(DeviceStream):
         itself is yielded out of a one-slot list rather than from a local (it
         holds what it needs).
         """
-        profile, rng, device_id = self.profile, self.rng, self.device_id
-        topic = uplink_topic(profile.kind, device_id)
+        rng, device_id = self.rng, self.device_id
+        topic = uplink_topic(self.profile.kind, device_id)
         samples = max(1, min(255, self.interval_ns // self.sample_ns))
         # Everything but the device's own state is shared by the devices of a kind, so
         # it stays in cache while the load generator visits 100,000 devices in turn.
-        plan = _plan(profile, samples, self.sample_ns // NS, self.interval_ns // NS)
-        layout, pack, offsets, params = plan.layout, plan.pack, plan.offsets, plan.params
+        plan = _plan(self.profile, samples, self.sample_ns // NS, self.interval_ns // NS)
+        layout, pack = plan.layout, plan.pack
         span_s, interval_s, n = plan.span_s, plan.interval_s, plan.n_draws
-        floor, normal, phase_of = math.floor, NORMAL, PHASE
+        values = _VALUES.get(self.profile.kind, _generic_values)(plan, rng)
         out: list[Uplink] = []
         seq = 0
         base_s = self.start_ns // NS - span_s
-        kind = profile.kind
-        if kind == "rain":
-            total = math.floor(rng.uniform(0, 5000) * 10 + 0.5)  # register, 0.1 mm
-            raining = False
-            while True:
-                d = draws(rng, n)
-                raws: list[int] = []
-                for k in range(0, n - 2, 2):
-                    raining = d[k] < (_KEEP_RAINING if raining else _START_RAINING)
-                    rain = _RAIN_TENTHS[d[k + 1]] if raining else 0
-                    total += rain
-                    raws += (rain, total)
-                health = self._health(d[-2], d[-1])
-                out.append(Uplink(device_id, topic, pack(seq, base_s, raws, health), None,
-                                  (base_s + span_s) * NS, recipe=partial(
-                                      frame_batch, device_id, layout, base_s, seq, raws, health)))
-                del d, raws, health  # see the docstring: nothing young kept while asleep
-                yield out.pop()
-                seq = (seq + 1) & 0xFFFFFFFF
-                base_s += interval_s
-        elif kind == "meter":
-            # registers in the frame's units (as floats, so small increments accumulate)
-            water, gas = rng.uniform(0, 2000) * 1000, rng.uniform(0, 3000) * 1000
-            heat, power = rng.uniform(0, 400) * 1000, rng.uniform(0, 30000) * 100
-            cw, cg, ch, cp = _METER_RATES
-            while True:
-                d = draws(rng, n)
-                raws = []
-                i = 0
-                for off in offsets:
-                    use = 1.0 + 0.8 * phase_of[(base_s + off) % DAY_S]
-                    water += cw * use * d[i]
-                    gas += cg * use * d[i + 1]
-                    heat += ch * use * d[i + 2]
-                    power += cp * use * d[i + 3]
-                    i += 4
-                    raws += (int(water + 0.5), int(gas + 0.5), int(heat + 0.5), int(power + 0.5))
-                health = self._health(d[-2], d[-1])
-                out.append(Uplink(device_id, topic, pack(seq, base_s, raws, health), None,
-                                  (base_s + span_s) * NS, recipe=partial(
-                                      frame_batch, device_id, layout, base_s, seq, raws, health)))
-                del d, raws, health  # see the docstring: nothing young kept while asleep
-                yield out.pop()
-                seq = (seq + 1) & 0xFFFFFFFF
-                base_s += interval_s
-        else:
-            while True:
-                d = draws(rng, n)
-                ph = [phase_of[(base_s + off) % DAY_S] for off in offsets]
-                raws = [floor(lo if (x := a + b * ph[k] + s * normal[di]) < lo else hi if x > hi else x)
-                        for (a, b, s, lo, hi, k), di in zip(params, d, strict=False)]  # d: +2 health
-                del ph
-                health = self._health(d[-2], d[-1])
-                out.append(Uplink(device_id, topic, pack(seq, base_s, raws, health), None,
-                                  (base_s + span_s) * NS, recipe=partial(
-                                      frame_batch, device_id, layout, base_s, seq, raws, health)))
-                del d, raws, health  # see the docstring: nothing young kept while asleep
-                yield out.pop()
-                seq = (seq + 1) & 0xFFFFFFFF
-                base_s += interval_s
+        while True:
+            d = draws(rng, n)
+            raws = values(d, base_s)
+            health = self._health(d[-2], d[-1])
+            out.append(Uplink(device_id, topic, pack(seq, base_s, raws, health), None,
+                              (base_s + span_s) * NS, recipe=partial(
+                                  frame_batch, device_id, layout, base_s, seq, raws, health)))
+            del d, raws, health  # see the docstring: nothing young kept while asleep
+            yield out.pop()
+            seq = (seq + 1) & 0xFFFFFFFF
+            base_s += interval_s
+
+
+# A wake-up's frame values (raw integers, sample-major) from its random draws (the last two
+# are the health's) and the frame's base time. One function per kind, made per device: the
+# registers it keeps (rain total, meters) live in its closure.
+_Values = Callable[[tuple[int, ...], int], list[int]]
+
+
+def _generic_values(plan: _Plan, rng: random.Random) -> _Values:
+    """Typical value x (1 + 0.25 day cycle) + normal noise, clamped (``_Plan.params``)."""
+    offsets, params, floor, normal, phase_of = plan.offsets, plan.params, math.floor, NORMAL, PHASE
+
+    def values(d: tuple[int, ...], base_s: int) -> list[int]:
+        ph = [phase_of[(base_s + off) % DAY_S] for off in offsets]
+        return [floor(lo if (x := a + b * ph[k] + s * normal[di]) < lo else hi if x > hi else x)
+                for (a, b, s, lo, hi, k), di in zip(params, d, strict=False)]  # d: +2 health
+    return values
+
+
+def _rain_values(plan: _Plan, rng: random.Random) -> _Values:
+    """Per sample: whether it rains (it tends to go on), the rain, and the growing total."""
+    total = math.floor(rng.uniform(0, 5000) * 10 + 0.5)  # register, 0.1 mm
+    raining = False
+
+    def values(d: tuple[int, ...], base_s: int) -> list[int]:
+        nonlocal total, raining
+        raws: list[int] = []
+        for k in range(0, len(d) - 2, 2):
+            raining = d[k] < (_KEEP_RAINING if raining else _START_RAINING)
+            rain = _RAIN_TENTHS[d[k + 1]] if raining else 0
+            total += rain
+            raws += (rain, total)
+        return raws
+    return values
+
+
+def _meter_values(plan: _Plan, rng: random.Random) -> _Values:
+    """Four registers that only grow, faster by day."""
+    # registers in the frame's units (as floats, so small increments accumulate)
+    water, gas = rng.uniform(0, 2000) * 1000, rng.uniform(0, 3000) * 1000
+    heat, power = rng.uniform(0, 400) * 1000, rng.uniform(0, 30000) * 100
+    cw, cg, ch, cp = _METER_RATES
+    offsets, phase_of = plan.offsets, PHASE
+
+    def values(d: tuple[int, ...], base_s: int) -> list[int]:
+        nonlocal water, gas, heat, power
+        raws: list[int] = []
+        i = 0
+        for off in offsets:
+            use = 1.0 + 0.8 * phase_of[(base_s + off) % DAY_S]
+            water += cw * use * d[i]
+            gas += cg * use * d[i + 1]
+            heat += ch * use * d[i + 2]
+            power += cp * use * d[i + 3]
+            i += 4
+            raws += (int(water + 0.5), int(gas + 0.5), int(heat + 0.5), int(power + 0.5))
+        return raws
+    return values
+
+
+_VALUES: dict[str, Callable[[_Plan, random.Random], _Values]] = {
+    "rain": _rain_values, "meter": _meter_values}
