@@ -1,10 +1,16 @@
-"""The consume -> handle -> commit loop shared by every Kafka-fed stage.
+"""The consume -> handle -> checkpoint loop shared by every Kafka-fed stage.
 
 The handler's side effects (records produced, rows committed) must be
-durable when it returns; only then are the offsets committed. A lock
-around handle+commit lets ``on_revoked`` wait for the batch in flight, so a
-rebalance hands over partitions with nothing processed-but-uncommitted
-(commit on revoke). A retriable failure retries the same batch with
+durable when it returns. A stage may also keep state derived from many
+batches (the writer: each device's latest state); it passes a ``checkpoint``
+that makes that durable, and the offsets of the batches handled so far are
+committed only after it has run. ``checkpoint_interval_s`` spaces the
+checkpoints (0: after every batch, which is what a stage without one gets);
+a crash between two loses nothing, it re-delivers the batches since the
+last. A lock around handle and checkpoint lets ``on_revoked`` wait for the
+batch in flight and checkpoint, so a rebalance hands over partitions with
+nothing processed-but-uncommitted (commit on revoke); stopping checkpoints
+too. A retriable failure retries the same batch (or checkpoint) with
 backoff; nothing is committed past it.
 """
 
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Batches = Mapping[TopicPartition, Sequence[Message]]
 Handler = Callable[[Batches], Awaitable[None]]
+Checkpoint = Callable[[], Awaitable[None]]
 
 
 class ConsumerStage:
@@ -41,6 +48,8 @@ class ConsumerStage:
         max_retry_backoff_s: float = 10.0,
         metrics: Metrics | None = None,
         name: str = "stage",
+        checkpoint: Checkpoint | None = None,
+        checkpoint_interval_s: float = 0.0,
     ) -> None:
         self._handler = handler
         self._metrics = metrics
@@ -49,20 +58,32 @@ class ConsumerStage:
         self._poll_timeout_ms = poll_timeout_ms
         self._retry_backoff_s = retry_backoff_s
         self._max_retry_backoff_s = max_retry_backoff_s
+        self._checkpoint = checkpoint
+        self._checkpoint_interval_s = checkpoint_interval_s
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._revoking = asyncio.Event()  # a rebalance waits: stop retrying, hand over
         self.consumer: Consumer = bus.consumer(topics, group, on_revoked=self._on_revoked)
+        # handled, not committed yet: the next offset per partition, since when, how much
+        self._pending: dict[TopicPartition, int] = {}
+        self._pending_since = 0.0
+        self._pending_batches = self._pending_records = 0
         self.batches_committed = 0
         self.records_committed = 0
 
     async def _on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
-        # The batch in flight finishes and commits first; one stuck retrying (say, the
-        # database is down) gives up uncommitted instead of holding the rebalance hostage:
-        # its side effects are idempotent and the new owner redoes it.
+        # The batch in flight finishes and the stage checkpoints first; one stuck retrying
+        # (say, the database is down) gives up uncommitted instead of holding the rebalance
+        # hostage: its side effects are idempotent and the new owner redoes it.
         self._revoking.set()
         try:
             async with self._lock:
+                try:
+                    await self._commit_pending()
+                except CitysenseError as exc:  # not ours to raise into the consumer's rebalance
+                    log.warning("checkpoint before revocation failed, offsets uncommitted: %s", exc)
+                for tp in partitions:  # given up on: the new owner starts from the last commit
+                    self._pending.pop(tp, None)
                 log.info("partitions revoked: %s", sorted(partitions))
         finally:
             self._revoking.clear()
@@ -71,17 +92,26 @@ class ConsumerStage:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Consume until ``request_stop()``; the batch in flight always completes."""
+        """Consume until ``request_stop()``; the batch in flight always completes, and what was
+        handled is checkpointed and committed before the consumer stops."""
         await self.consumer.start()
         try:
             while not self._stopping.is_set():
                 batches = await self.consumer.getmany(self._poll_timeout_ms, self._max_records)
                 if batches:
-                    await self._handle_and_commit(batches)
+                    await self._handle(batches)
+                if self._pending and self._checkpoint_due():
+                    async with self._lock:
+                        await self._commit_pending()
+            async with self._lock:
+                await self._commit_pending()
         finally:
             await self.consumer.stop()
 
-    async def _handle_and_commit(self, batches: Batches) -> None:
+    def _checkpoint_due(self) -> bool:
+        return time.monotonic() - self._pending_since >= self._checkpoint_interval_s
+
+    async def _handle(self, batches: Batches) -> None:
         async with self._lock:
             owned = self.consumer.assignment()
             # Records of partitions revoked since getmany belong to the new owner now.
@@ -89,29 +119,44 @@ class ConsumerStage:
             if not batches:
                 return
             started = time.perf_counter()
-            if not await self._handle_with_retries(batches):
+            if not await self._with_retries(lambda: self._handler(batches)):
                 log.warning("batch abandoned uncommitted to a rebalance; the new owner redoes it")
                 return
-            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
-            try:
-                await self.consumer.commit(offsets)
-            except CommitFailedError as exc:
-                # Side effects are durable and idempotent; the next owner redoes them harmlessly.
-                log.warning("offset commit lost to a rebalance: %s", exc)
-                return
-            self.batches_committed += 1
-            count = sum(len(m) for m in batches.values())
-            self.records_committed += count
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.update({tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+            self._pending_batches += 1
+            self._pending_records += sum(len(m) for m in batches.values())
             if self._metrics is not None:
                 self._metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
-                self._metrics.records.labels(self.name, "committed").inc(count)
 
-    async def _handle_with_retries(self, batches: Batches) -> bool:
-        """True once the handler succeeded; False if a rebalance interrupted the retries."""
+    async def _commit_pending(self) -> None:
+        """Checkpoint, then commit the offsets of every batch handled so far (under the lock)."""
+        if not self._pending:
+            return
+        if self._checkpoint is not None and not await self._with_retries(self._checkpoint):
+            log.warning("checkpoint abandoned to a rebalance; the offsets stay uncommitted")
+            return
+        offsets, self._pending = self._pending, {}
+        batches, records = self._pending_batches, self._pending_records
+        self._pending_batches = self._pending_records = 0
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # Side effects are durable and idempotent; the next owner redoes them harmlessly.
+            log.warning("offset commit lost to a rebalance: %s", exc)
+            return
+        self.batches_committed += batches
+        self.records_committed += records
+        if self._metrics is not None:
+            self._metrics.records.labels(self.name, "committed").inc(records)
+
+    async def _with_retries(self, call: Callable[[], Awaitable[None]]) -> bool:
+        """True once ``call`` succeeded; False if a rebalance interrupted the retries."""
         delay = self._retry_backoff_s
         while True:
             try:
-                await self._handler(batches)
+                await call()
                 return True
             except CitysenseError as exc:
                 if not exc.retriable or self._stopping.is_set():

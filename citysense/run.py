@@ -124,7 +124,7 @@ async def run_writer(settings: WriterSettings) -> None:
             KafkaBus(settings.kafka_config("citysense-writer")), ReadingsSink(pool, settings),
             readings_topic=settings.topic_readings, dlq_topic=settings.topic_dlq,
             group=settings.writer_group, max_records=settings.writer_max_records,
-            metrics=metrics_for(settings),
+            metrics=metrics_for(settings), checkpoint_interval_s=settings.writer_checkpoint_interval_s,
         )
         _on_signals(writer.request_stop)
         log.info("writer: %s -> database", settings.topic_readings)

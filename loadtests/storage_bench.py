@@ -1,7 +1,7 @@
 """Storage benchmark: writer rows/s against raw binary COPY, and query latency.
 
     .venv/bin/python -m loadtests.storage_bench [--devices 1000] [--uplinks 20] [--batch 800]
-        [--rounds 3] [--writes-only]
+        [--rounds 3] [--checkpoint-interval 1.0] [--writes-only]
 
 Runs against a scratch database it creates and drops, on the plain-PostgreSQL
 path (partitions, rollups refreshed from dirty buckets). Bounded to about a
@@ -11,14 +11,16 @@ may be shared.
 Write: the same kind of stream (air-quality uplinks, six readings each, each
 transaction ``--batch`` uplinks from as many different devices) is written by
 ``ReadingsSink.write`` (COPY straight into ``readings``, with the staged
-insert-or-ignore fallback, dirty rollup buckets, and on a second connection
-at the same time the device state: last seen and latest value per metric)
-and by a bare binary ``COPY readings FROM STDIN`` in transactions of the same
+insert-or-ignore fallback and dirty rollup buckets) plus ``ReadingsSink.flush``
+(the device state: last seen and latest value per metric) whenever
+``--checkpoint-interval`` seconds have passed since the last, as the writer
+stage checkpoints, and always at the end of each run, on the clock; 0 flushes
+after every write. And by a bare binary ``COPY readings FROM STDIN`` in transactions of the same
 size, into the same table (same indexes), in ``--rounds`` rounds of A-B-B-A
 (``loadtests.write_compare``, which also reports CPU per row of each). Raw
 COPY gets its rows prepared before the clock starts (datetimes built); the
-writer's clock includes turning records into rows. Then a stream
-with 25 % of transactions re-delivered, and the rollup refresh that the
+writer's clock includes turning records into rows. Then the same rounds with
+25 % of the writer's transactions re-delivered, and the rollup refresh that the
 writer's background loop would run over everything the writer wrote (its
 cost moved out of the write transaction, not removed: reported with the
 combined rate). Query: 100,000 registered devices with latest state, a day
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -54,6 +57,7 @@ from storage.settings import StorageSettings
 
 BASE = datetime(2031, 1, 1, tzinfo=UTC)
 CHUNK = 800  # uplinks (Kafka records) per transaction by default: 4,800 readings (--batch)
+CHECKPOINT_S = 1.0  # the writer stage's default checkpoint interval (--checkpoint-interval)
 DAY = timedelta(days=1)
 
 _RAW_COPY = sql.SQL(
@@ -89,8 +93,11 @@ async def raw_copy(pool: AsyncConnectionPool, stream: list[RecordBatch]) -> tupl
 
 
 async def compare(pool: AsyncConnectionPool, sink: ReadingsSink, devices: int, per_device: int,
-                  rounds: int, first_day: int) -> tuple[Tally, Tally, int]:
-    """``rounds`` of A-B-B-A, each run on a fresh day of data; returns (raw, writer, days used)."""
+                  rounds: int, first_day: int, *, redelivered: bool = False) -> tuple[Tally, Tally, int]:
+    """``rounds`` of A-B-B-A, each run on a fresh day of data; returns (raw, writer, days used).
+
+    ``redelivered``: every third of the writer's transactions comes twice (25 % of its offered
+    rows are duplicates; raw COPY cannot take one, so it gets fresh streams only)."""
     raw, written = Tally(), Tally()
     day = first_day
     for _ in range(rounds):
@@ -100,20 +107,9 @@ async def compare(pool: AsyncConnectionPool, sink: ReadingsSink, devices: int, p
             if side == "raw":
                 await timed(raw, copy_prepared(pool, prepare_raw(stream)))  # prepared off the clock
             else:
-                await timed(written, _write_all(sink, _chunks(stream)))
+                chunks = _chunks(stream)
+                await timed(written, _write_all(sink, _with_redeliveries(chunks) if redelivered else chunks))
     return raw, written, day - first_day
-
-
-async def compare_redelivered(pool: AsyncConnectionPool, sink: ReadingsSink, devices: int,
-                              per_device: int, first_day: int) -> tuple[Tally, Tally]:
-    """The writer on a stream with 25 % of transactions re-delivered, between two raw runs."""
-    dup_raw, dup = Tally(), Tally()
-    around = [prepare_raw(uplinks(devices, per_device, BASE + (first_day + i) * DAY)) for i in range(2)]
-    redelivered = _with_redeliveries(_chunks(uplinks(devices, per_device, BASE + (first_day + 2) * DAY)))
-    await timed(dup_raw, copy_prepared(pool, around[0]))
-    await timed(dup, _write_all(sink, redelivered))
-    await timed(dup_raw, copy_prepared(pool, around[1]))
-    return dup_raw, dup
 
 
 def report_redelivered(raw: Tally, dup: Tally) -> None:
@@ -126,14 +122,44 @@ async def _write_all(sink: ReadingsSink, chunks: list[list[RecordBatch]]) -> int
     return offered
 
 
+@dataclass
+class Flushes:
+    """The device-state flushes of every writer run so far (their time is on the writer's clock)."""
+
+    count: int = 0
+    seconds: float = 0.0
+    devices: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.count} device-state flushes, mean {self.seconds / self.count * 1000:.1f} ms "
+                f"for {self.devices / self.count:,.0f} devices") if self.count else "no flushes"
+
+
+FLUSHES = Flushes()
+
+
 async def writer(sink: ReadingsSink, chunks: list[list[RecordBatch]]) -> tuple[int, int, float]:
+    """Write the chunks, flushing device state as the writer stage checkpoints (CHECKPOINT_S),
+    and once more at the end: nothing is left pending off the clock."""
     offered = inserted = 0
-    t = time.perf_counter()
+    t = last_flush = time.perf_counter()
     for chunk in chunks:
         result = await sink.write(chunk)
         offered += result.readings_offered
         inserted += result.readings_inserted
+        if time.perf_counter() - last_flush >= CHECKPOINT_S:
+            await _flush(sink)
+            last_flush = time.perf_counter()
+    await _flush(sink)
     return offered, inserted, time.perf_counter() - t
+
+
+async def _flush(sink: ReadingsSink) -> None:
+    devices, t = sink.pending_devices, time.perf_counter()
+    await sink.flush()
+    FLUSHES.count += 1
+    FLUSHES.seconds += time.perf_counter() - t
+    FLUSHES.devices += devices
 
 
 def _with_redeliveries(chunks: list[list[RecordBatch]]) -> list[list[RecordBatch]]:
@@ -148,7 +174,7 @@ def _with_redeliveries(chunks: list[list[RecordBatch]]) -> list[list[RecordBatch
 
 async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> None:
     settings = StorageSettings.model_construct()
-    days = 4 * rounds + 2
+    days = 8 * rounds
     pool = await open_pool(url, max_size=2)
     try:
         async with pool.connection() as conn:
@@ -157,7 +183,7 @@ async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> 
                 await partitions.ensure(conn, table, [BASE + i * DAY for i in range(days + 1)], DAY)
         sink = ReadingsSink(pool, settings)
         raw, written, used = await compare(pool, sink, devices, per_device, rounds, 0)
-        dup_raw, dup = await compare_redelivered(pool, sink, devices, per_device, used)
+        dup_raw, dup, _ = await compare(pool, sink, devices, per_device, rounds, used, redelivered=True)
         async with pool.connection() as conn:
             t = time.perf_counter()
             refreshed = await rollups.refresh(conn, now=BASE + (days + 30) * DAY)
@@ -168,7 +194,8 @@ async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> 
           f"{CHUNK} uplinks = {CHUNK * 6} readings per transaction, {rounds} rounds of A-B-B-A")
     report(raw, written)
     report_redelivered(dup_raw, dup)
-    stored = written.rows + devices * per_device * 6  # the re-delivered run stores one stream
+    print(f"  checkpoint every {CHECKPOINT_S:g}s and at the end of each run: {FLUSHES.summary()}")
+    stored = written.rows + 2 * rounds * devices * per_device * 6  # re-delivered runs: a stream each
     print(f"  rollup refresh (background) {stored / secs_r:>9,.0f} raw rows/s "
           f"({refreshed.summary()}, {secs_r:.1f}s)")
     combined = stored / (written.seconds + dup.seconds + secs_r)
@@ -229,16 +256,19 @@ async def bench_queries(url: str) -> None:
 
 
 async def main() -> None:
-    global CHUNK
+    global CHUNK, CHECKPOINT_S
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--uplinks", type=int, default=20, help="uplinks per device per run")
     parser.add_argument("--batch", type=int, default=CHUNK, help="uplinks (Kafka records) per transaction")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of raw, writer, writer, raw")
+    parser.add_argument("--checkpoint-interval", type=float, default=CHECKPOINT_S,
+                        help="seconds between device-state flushes (0: after every write)")
     parser.add_argument("--writes-only", action="store_true", help="skip the query latencies")
     args = parser.parse_args()
     CHUNK = args.batch
+    CHECKPOINT_S = args.checkpoint_interval
     started = time.perf_counter()
     async with scratch_database("cs_bench") as url:
         async with await psycopg.AsyncConnection.connect(url) as conn:

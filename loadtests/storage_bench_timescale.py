@@ -2,7 +2,7 @@
 
     CITYSENSE_DATABASE_URL=postgresql://...server-with-timescaledb... \\
         .venv/bin/python -m loadtests.storage_bench_timescale [--devices 1000] [--uplinks 20] \\
-            [--batch 800] [--rounds 3]
+            [--batch 800] [--rounds 3] [--checkpoint-interval 1.0]
 
 The TimescaleDB counterpart of ``loadtests.storage_bench`` (same stream, same
 rounds of A-B-B-A alternation of raw binary COPY and ``ReadingsSink.write``
@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 import loadtests.storage_bench as pg_bench
-from loadtests.storage_bench import compare, compare_redelivered, report_redelivered
+from loadtests.storage_bench import compare, report_redelivered
 from loadtests.storage_common import QUERY_DATA, print_query_latencies, scratch_database
 from loadtests.write_compare import report
 from storage import migrations, timescale
@@ -66,11 +66,12 @@ async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> 
     try:
         sink = ReadingsSink(pool, StorageSettings.model_construct())
         raw, written, used = await compare(pool, sink, devices, per_device, rounds, 0)
-        dup_raw, dup = await compare_redelivered(pool, sink, devices, per_device, used)
+        dup_raw, dup, _ = await compare(pool, sink, devices, per_device, rounds, used, redelivered=True)
     finally:
         await pool.close()
-    secs_r = await _refresh(url, BASE - DAY, BASE + (used + 4) * DAY)
-    total = raw.rows + written.rows + dup_raw.rows + devices * per_device * 6
+    secs_r = await _refresh(url, BASE - DAY, BASE + (2 * used + 1) * DAY)
+    dup_stored = 2 * rounds * devices * per_device * 6  # re-delivered runs store a stream each
+    total = raw.rows + written.rows + dup_raw.rows + dup_stored
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         before = await _size(conn)
         t = time.perf_counter()
@@ -82,9 +83,11 @@ async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> 
           f"{rounds} rounds of A-B-B-A")
     report(raw, written)
     report_redelivered(dup_raw, dup)
+    print(f"  checkpoint every {pg_bench.CHECKPOINT_S:g}s and at the end of each run: "
+          f"{pg_bench.FLUSHES.summary()}")
     print(f"  continuous-aggregate refresh (1 m + 1 h) {total / secs_r:>9,.0f} raw rows/s "
           f"({total:,} rows, {secs_r:.1f}s)")
-    stored = written.rows + devices * per_device * 6
+    stored = written.rows + dup_stored
     combined = stored / (written.seconds + dup.seconds + secs_r * stored / total)
     print(f"  writer + its share of the refresh {combined:>9,.0f} rows/s  ratio {combined / raw.rate:.2f}")
     print(f"  readings heap + indexes {before / total:.1f} B/value; compressed (segment by device) "
@@ -127,8 +130,11 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=pg_bench.CHUNK,
                         help="uplinks (Kafka records) per transaction")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of raw, writer, writer, raw")
+    parser.add_argument("--checkpoint-interval", type=float, default=pg_bench.CHECKPOINT_S,
+                        help="seconds between device-state flushes (0: after every write)")
     args = parser.parse_args()
     pg_bench.CHUNK = args.batch  # _chunks reads it there
+    pg_bench.CHECKPOINT_S = args.checkpoint_interval  # and writer this
     started = time.perf_counter()
     async with scratch_database("cs_bench_ts") as url:
         async with await psycopg.AsyncConnection.connect(url) as conn:

@@ -4,9 +4,8 @@ Rounds of A-B-B-A (raw, writer, writer, raw) over fresh streams, so table
 growth and the machine's drift favour neither; the ratio is total rows over
 total seconds of each. Besides wall time, each side's CPU is counted: this
 process (``time.process_time``, the encoding) and every ``postgres`` process
-on the machine (from ``/proc``; the benchmarks run next to their own server).
-The writer runs two connections at once (``ReadingsSink``), so its CPU per
-row says what its speed costs; raw COPY uses one.
+on the machine (from ``/proc``; the benchmarks run next to their own server),
+so the CPU per row says what each side's speed costs.
 """
 
 from __future__ import annotations

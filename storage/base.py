@@ -1,11 +1,16 @@
 """The sink contract.
 
 ``write(batches)`` stores every record of the batches and returns only after
-everything it wrote has committed (``ReadingsSink`` uses two transactions,
-committed together only once both have succeeded). It is idempotent: the
-same batches written twice leave the database as after once, and a write
-that failed part-way is completed by writing the batches again, which is
-what makes at-least-once delivery from Kafka exactly-once in the tables.
+they have committed. It is idempotent: the same batches written twice leave
+the database as after once, and a write that failed part-way is completed by
+writing the batches again, which is what makes at-least-once delivery from
+Kafka exactly-once in the tables.
+
+What a sink derives from many writes (``ReadingsSink``: each device's latest
+state) may wait for ``flush()``, which makes it durable for every write that
+returned before. The writer stage flushes before it commits offsets
+(``brokers.stage``: a checkpoint), so what a crash loses before a flush is
+derived again from the re-delivered batches.
 """
 
 from __future__ import annotations
@@ -27,3 +32,5 @@ class WriteResult:
 
 class Sink(Protocol):
     async def write(self, batches: Sequence[RecordBatch]) -> WriteResult: ...
+
+    async def flush(self) -> None: ...

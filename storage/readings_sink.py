@@ -1,18 +1,21 @@
 """The idempotent sink: binary COPY straight into ``readings``, with a staged fallback.
 
-Each write is two transactions on two connections, in flight together and
-committed together once both have succeeded (``ReadingsSink._write``): the
-time series on one, ``device_state`` on the other. The readings are encoded
+A write is one transaction (``ReadingsSink._write``). The readings are encoded
 as binary COPY data in Python (``write_rows``) a slice at a time and sent as
 each slice is ready, so the server stores one slice while the next is built.
 If that COPY meets the primary key (a re-delivery, or a duplicate inside the
 batch), the transaction is rolled back and the rows go through a
 per-connection temporary stage and ``INSERT .. ON CONFLICT DO NOTHING``, so
-re-delivered rows vanish. ``device_state`` (last seen, and the latest value
-per metric) is updated from one record per device, reduced in Python and sent
-as one array parameter; on plain PostgreSQL the touched rollup buckets are
+re-delivered rows vanish. On plain PostgreSQL the touched rollup buckets are
 noted for ``storage.rollups`` (see ``storage.write_sql``). Times travel as
 integer microseconds, which avoids building a Python datetime per row.
+
+``device_state`` (last seen, and the latest value per metric) is kept at
+checkpoints: each committed write folds its records into one pending state per
+device (``latest_state``), and ``flush()`` merges them into the table in one
+statement. The writer stage flushes before it commits Kafka offsets, so a
+crash between two flushes re-delivers the batches since the last one, and
+their state is derived again.
 
 On plain PostgreSQL, maintenance creates partitions ahead; a write that meets
 a time no partition covers creates the partitions it needs and runs again.
@@ -20,7 +23,6 @@ a time no partition covers creates the partitions it needs and runs again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import weakref
 from collections.abc import Sequence
@@ -37,9 +39,10 @@ from storage import write_sql as w
 from storage.base import WriteResult
 from storage.db import TRANSIENT, Conn, Query
 from storage.exceptions import StorageRejectedError, StorageUnavailableError
+from storage.latest_state import PG_EPOCH_US, PendingStates
 from storage.schema import POSTGRES, ROLLUPS, Backend
 from storage.settings import StorageSettings
-from storage.write_rows import MINUTE_US, PG_EPOCH_US, Row, WriteRows
+from storage.write_rows import MINUTE_US, Row, WriteRows
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _HOUR_US = 3_600_000_000
@@ -51,14 +54,10 @@ assert {w // timedelta(microseconds=1) for w in ROLLUPS.values()} == {MINUTE_US,
 
 
 class ReadingsSink:
-    """Writes readings, charger statuses and health; keeps device state, notes dirty rollup buckets.
-
-    Needs two connections of ``pool`` per write (see ``_write``).
-    """
+    """Writes readings, charger statuses and health, notes dirty rollup buckets; keeps device
+    state pending until ``flush()`` (see the module docstring)."""
 
     def __init__(self, pool: AsyncConnectionPool, settings: StorageSettings | None = None) -> None:
-        if pool.max_size < 2:
-            raise ValueError(f"ReadingsSink needs a pool of at least 2 connections, got {pool.max_size}")
         self._pool = pool
         self._settings = settings or migrations.default_settings()
         self._width = partitions.width_us(self._settings.chunk_interval)
@@ -66,9 +65,15 @@ class ReadingsSink:
         self._adapted: weakref.WeakSet[Conn] = weakref.WeakSet()  # connections that dump cb.Raw
         self._staged: weakref.WeakSet[Conn] = weakref.WeakSet()  # ones with the readings stage
         self._input_oid = 0  # of device_batch_state, looked up with the backend
+        self._pending = PendingStates()  # device states of the writes since the last flush
         # devices whose device_state row this sink has seen committed: rows are never deleted,
-        # so batches made only of known devices skip the insert of new ones
+        # so flushes made only of known devices skip the insert of new ones
         self._known: set[str] = set()
+
+    @property
+    def pending_devices(self) -> int:
+        """Devices whose state waits for the next ``flush()``."""
+        return len(self._pending)
 
     async def write(self, batches: Sequence[RecordBatch]) -> WriteResult:
         rows = WriteRows.plan(batches)  # encoded as it is sent (_move_readings)
@@ -77,7 +82,9 @@ class ReadingsSink:
         try:
             for attempt in (1, 2):
                 try:
-                    return await self._write(rows, make_partitions=attempt == 2)
+                    result = await self._write(rows, make_partitions=attempt == 2)
+                    self._pending.absorb(rows.devices)  # committed: its state may be kept now
+                    return result
                 except psycopg.errors.CheckViolation as exc:
                     # "no partition of relation .. found for row": a time no partition covers
                     # yet (maintenance creates them ahead), or one dropped under us. Make the
@@ -92,43 +99,57 @@ class ReadingsSink:
             raise StorageRejectedError(f"write refused: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def _write(self, rows: WriteRows, *, make_partitions: bool) -> WriteResult:
-        """Time series on one connection, device state on a second, both in flight at once.
+    async def flush(self) -> None:
+        """Merge the device state of every write committed so far into ``device_state``.
 
-        The state update runs on the server while the readings are still being
-        stored. Neither transaction commits before both have run every
-        statement; if either fails by then, both roll back, so records the
-        database refuses leave no trace. Then the state transaction commits
-        without waiting for its WAL flush (``synchronous_commit = off``), and
-        the readings transaction commits with it: flushing the WAL up to its
-        own commit record flushes the state's, written before it. One flush
-        makes both durable, where two commits would wait for two. Should only
-        one of them land (a crash, a lost connection), the write fails and the
-        batch's offsets stay uncommitted: it comes again, whatever was stored
-        is ignored as duplicate (readings) or as not newer (state), and the
-        rest is written then.
-        """
-        async with self._pool.connection() as conn, self._pool.connection() as side:
-            if self._backend is None:
-                self._backend = await migrations.backend(conn)
-                cur = await conn.execute("SELECT 'device_batch_state'::regtype::oid")
-                self._input_oid = int((await cur.fetchone() or [0])[0])
+        One transaction, one round trip: a record per device (``latest_state``)
+        as one array parameter, inserted first for devices new to this sink,
+        then merged (``write_sql.DEVICE_UPDATE``). What it could not write stays
+        pending for the next flush; the merge is newer-wins, so a state flushed
+        twice, or derived again from re-delivered batches, changes nothing."""
+        if not self._pending:
+            return
+        taken = self._pending.take()
+        try:
+            async with self._pool.connection() as conn:
+                await self._prepare(conn)
+                new = not self._known.issuperset(taken.devices)  # some device may have no row yet
+                params = {"states": cb.Raw(taken.input(self._input_oid))}
+                async with conn.pipeline(), conn.cursor() as cur:
+                    await cur.execute(w.DEVICE_SETTINGS)
+                    if new:
+                        await cur.execute(w.DEVICE_NEW, params)
+                    await cur.execute(w.DEVICE_UPDATE, params)
                 await conn.commit()
+        except BaseException as exc:
+            self._pending.restore(taken)
+            if isinstance(exc, TRANSIENT):
+                raise StorageUnavailableError(f"device state flush failed, will retry: {exc}") from exc
+            raise
+        if len(self._known) > _MAX_KNOWN:
+            self._known.clear()
+        self._known.update(taken.devices)
+
+    async def _prepare(self, conn: Conn) -> None:
+        if self._backend is None:
+            self._backend = await migrations.backend(conn)
+            cur = await conn.execute("SELECT 'device_batch_state'::regtype::oid")
+            self._input_oid = int((await cur.fetchone() or [0])[0])
+            await conn.commit()
+        if conn not in self._adapted:
+            conn.adapters.register_dumper(cb.Raw, cb.RawDumper)
+            self._adapted.add(conn)
+
+    async def _write(self, rows: WriteRows, *, make_partitions: bool) -> WriteResult:
+        """The time series in one transaction; its dirty buckets go with the ``COMMIT``."""
+        async with self._pool.connection() as conn:
+            await self._prepare(conn)
             if make_partitions:
                 await self._ensure_partitions(conn, rows)
-            for c in (conn, side):
-                if c not in self._adapted:
-                    c.adapters.register_dumper(cb.Raw, cb.RawDumper)
-                    self._adapted.add(c)
-            state = _StateUpdate(side, rows, self._known, self._input_oid)
             try:
-                inserted, all_new = await self._move_readings(conn, rows, state)
-                state.start()  # if there were no readings to overlap it with
+                inserted, all_new = await self._move_readings(conn, rows)
                 statuses = await self._move(conn, rows.statuses, w.STATUS_STATEMENT, count_query=True)
                 health = await self._move(conn, rows.health, w.HEALTH_STATEMENT, count_query=False)
-                await state.finish()  # its failure rolls this transaction back too
-                # no WAL flush of its own when this transaction's commit will flush (it wrote)
-                await state.commit(flushed_later=inserted + statuses + health > 0)
                 if all_new and self._backend == POSTGRES:
                     # The fast path stored every reading: all the buckets they touch are
                     # dirty, noted in the round trip of the commit.
@@ -138,22 +159,17 @@ class ReadingsSink:
                 else:
                     await conn.commit()
             except BaseException:
-                await state.abandon()
                 with contextlib.suppress(psycopg.Error):
                     await conn.rollback()
                 raise
-        if len(self._known) > _MAX_KNOWN:
-            self._known.clear()
-        self._known.update(rows.devices)
         return WriteResult(rows.reading_count, inserted, statuses, health)
 
-    async def _move_readings(self, conn: Conn, rows: WriteRows, state: _StateUpdate) -> tuple[int, bool]:
+    async def _move_readings(self, conn: Conn, rows: WriteRows) -> tuple[int, bool]:
         """The first statement of ``conn``'s transaction: the fast COPY, or on a duplicate key
         a fresh transaction that inserts through the stage and notes the dirty buckets of
         what it inserted. Returns (readings inserted, whether the fast path stored them all)."""
         if not rows.reading_count:
-            for _ in rows.encode(len(rows.batches)):  # device state is complete once all is encoded
-                pass
+            rows.encode_rest()  # device state is complete once all is encoded
             return 0, False
         async with conn.cursor() as cur:
             try:
@@ -165,17 +181,12 @@ class ReadingsSink:
                     for data in rows.encode(_ENCODE_STEP):
                         await copy.write(data)
                     await copy.write(cb.TRAILER)
-                    # The server works through the last rows now; the state update is built
-                    # and sent meanwhile, so the second connection works beside this one.
-                    state.start()
-                    await asyncio.sleep(0)
             except psycopg.errors.UniqueViolation:
                 # A re-delivery (or a duplicate inside the batch): insert-or-ignore, and dirty
                 # only the buckets of what is new. Nothing else ran in the transaction yet
                 # (no savepoint needed, which would cost two round trips per write).
                 await conn.rollback()
-                for _ in rows.encode(len(rows.batches)):  # should the server have stopped early
-                    pass
+                rows.encode_rest()  # should the server have stopped early
                 if conn not in self._staged:  # temporary: it lives as long as the connection
                     await conn.execute(w.CREATE_READINGS_STAGE)
                     await conn.commit()
@@ -200,8 +211,7 @@ class ReadingsSink:
 
     async def _ensure_partitions(self, conn: Conn, rows: WriteRows) -> None:
         """Create the partitions the batch needs (PostgreSQL path, after a write met a missing one)."""
-        for _ in rows.encode(len(rows.batches)):  # its minutes are known once all is encoded
-            pass
+        rows.encode_rest()  # its minutes are known once all is encoded
         width = self._width
         needed: dict[str, set[int]] = {
             # partitions hold whole minutes (chunk_interval is whole minutes: StorageSettings), and
@@ -214,59 +224,6 @@ class ReadingsSink:
             if buckets:
                 starts = [partitions.bucket_start(i, self._settings.chunk_interval) for i in buckets]
                 await partitions.ensure(conn, table, starts, self._settings.chunk_interval)
-
-
-class _StateUpdate:
-    """The device-state half of a write, on its own connection and transaction (see ``_write``)."""
-
-    def __init__(self, conn: Conn, rows: WriteRows, known: set[str], input_oid: int) -> None:
-        self._conn = conn
-        self._rows = rows
-        self._input_oid = input_oid
-        self._known = known  # devices seen with a device_state row (see ReadingsSink)
-        self._task: asyncio.Future[None] | None = None
-        self._committed = False
-
-    def start(self) -> None:
-        if self._task is None:
-            states = cb.Raw(self._rows.device_input(self._input_oid))
-            self._task = asyncio.ensure_future(self._run(states))
-
-    async def _run(self, states: cb.Raw) -> None:
-        """Merge one record per device into ``device_state``; leaves the transaction open."""
-        new = not self._known.issuperset(self._rows.devices)  # some device may have no row yet
-        params = {"states": states}
-        async with self._conn.pipeline(), self._conn.cursor() as cur:
-            # (the settings include synchronous_commit off for this transaction: see commit)
-            await cur.execute(w.DEVICE_SETTINGS)
-            if new:
-                await cur.execute(w.DEVICE_NEW, params)
-            await cur.execute(w.DEVICE_UPDATE, params)
-
-    async def finish(self) -> None:
-        self.start()
-        assert self._task is not None
-        await self._task
-
-    async def commit(self, *, flushed_later: bool) -> None:
-        """Commit without waiting for the WAL flush (set in ``_run``) when the readings commit
-        that follows will flush it (see ``ReadingsSink._write``). It will if its transaction
-        wrote anything; one that wrote nothing commits without a flush, so then this waits."""
-        if not flushed_later:
-            await self._conn.execute("SET LOCAL synchronous_commit = on")
-        self._committed = True
-        await self._conn.commit()
-
-    async def abandon(self) -> None:
-        """After a failure: roll back unless committed already."""
-        if self._committed:
-            return
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-        with contextlib.suppress(psycopg.Error):
-            await self._conn.rollback()
 
 
 async def _copy_data(cur: psycopg.AsyncCursor[object], statement: Query, rows: bytes | bytearray) -> None:

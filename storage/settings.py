@@ -56,4 +56,8 @@ class StorageSettings(CommonSettings):
 class WriterSettings(StorageSettings):
     writer_group: str = "citysense-writer"
     writer_max_records: int = Field(default=5000, ge=1)
-    db_pool_size: int = Field(default=4, ge=2)  # the sink takes two per write
+    db_pool_size: int = Field(default=4, ge=2)  # the sink takes one per write; maintenance one
+    # Seconds between checkpoints: device_state is brought up to date and the Kafka offsets
+    # of the batches written since are committed. Bounds how stale device_state may be, and
+    # how much a crash re-delivers. 0 checkpoints after every batch.
+    writer_checkpoint_interval_s: float = Field(default=1.0, ge=0)

@@ -139,17 +139,17 @@ HEALTH_STATEMENT = sql.SQL(
        ON CONFLICT DO NOTHING"""
 ).format(t=_ts("time_us"), input=_HEALTH_INPUT)
 
-# One row per device of the batch: last_seen/last_time as in device_state, and its newest
-# reading per metric as arrays sorted by metric (empty without readings) with the oldest
-# (first_time) and newest (latest_time) reading times. Devices the sink has not seen yet
-# are inserted first (DEVICE_NEW); then one update merges the input into device_state.
-# Where the batch supersedes what is stored (no readings, nothing stored yet, or the same
-# metrics all newer than anything stored: the common case by far) its arrays replace the
-# stored ones; otherwise ``latest_merge`` (migration 3) keeps the newer value per metric.
-# Rows the batch would not change (a re-delivery) are skipped, and a value is only ever
-# replaced by a strictly newer one.
+# One row per device heard from since the last flush: last_seen/last_time as in
+# device_state, and its newest reading per metric as arrays sorted by metric (empty without
+# readings) with the oldest (first_time) and newest (latest_time) of those values' times.
+# Devices the sink has not seen yet are inserted first (DEVICE_NEW); then one update merges
+# the input into device_state. Where the input supersedes what is stored (no readings,
+# nothing stored yet, or the same metrics all newer than anything stored: the common case
+# by far) its arrays replace the stored ones; otherwise ``latest_merge`` (migration 3) keeps
+# the newer value per metric. Rows the input would not change (a re-delivery) are skipped,
+# and a value is only ever replaced by a strictly newer one.
 # The input arrives as one binary parameter, an array of ``device_batch_state`` records
-# (schema migration 4) built by ``write_rows``; sent as it is (copy_binary.Raw).
+# (schema migration 4) built by ``latest_state``; sent as it is (copy_binary.Raw).
 _DEVICE_INPUT = sql.SQL("unnest(%(states)b::device_batch_state[]) s")
 
 DEVICE_NEW = sql.SQL(
@@ -197,11 +197,8 @@ DEVICE_UPDATE = sql.SQL(
                   AND latest_has_newer(d.latest_metrics, d.latest_times, s.metrics, s.times)))"""
 ).format(input=_DEVICE_INPUT)
 
-# The input is a few hundred rows against up to millions of devices: an index lookup per
-# row, never a scan of device_state (a prepared, generic plan cannot see the array's size).
-# Sent before the update, in the same round trip (a pipeline). The transaction commits
-# without waiting for its WAL flush: the readings transaction's commit, sent after it,
-# flushes both (``ReadingsSink._write``).
+# The input is the devices heard from since the last flush, against up to millions of
+# devices: an index lookup per row, never a scan of device_state (a prepared, generic plan
+# cannot see the array's size). Sent before the update, in the same round trip (a pipeline).
 DEVICE_SETTINGS = sql.SQL(
-    """SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true),
-              set_config('synchronous_commit', 'off', true)""")
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)")

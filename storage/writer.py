@@ -1,8 +1,11 @@
 """The storage writer stage: readings topic -> database, then offsets.
 
-The sink's transaction commits before the Kafka offsets do (invariant 3):
-a writer killed between the two re-reads the batch on restart and the
-primary key turns the second write into a no-op.
+Every batch's rows commit before the Kafka offsets do (invariant 3). The
+sink's derived state (each device's latest values) is flushed at checkpoints,
+every ``checkpoint_interval_s``, and the offsets of the batches handled since
+the last checkpoint are committed only after that flush (``brokers.stage``).
+A writer killed in between re-reads those batches on restart: the primary
+key turns their rows into no-ops, and their state is derived again.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ class Writer:
     def __init__(
         self, bus: Bus, sink: Sink, *, readings_topic: str, dlq_topic: str,
         group: str = "citysense-writer", max_records: int = 5000, metrics: Metrics | None = None,
+        checkpoint_interval_s: float = 1.0,
     ) -> None:
         self._sink = sink
         self._metrics = metrics
         self._producer = bus.producer()
         self._dlq_topic = dlq_topic
         self.stage = ConsumerStage(bus, [readings_topic], group, self._handle, max_records=max_records,
-                                   metrics=metrics, name=STAGE)
+                                   metrics=metrics, name=STAGE, checkpoint=sink.flush,
+                                   checkpoint_interval_s=checkpoint_interval_s)
         self.rows_inserted = 0
 
     def request_stop(self) -> None:

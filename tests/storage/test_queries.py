@@ -32,6 +32,7 @@ async def city(store: Store) -> Store:
         await store.sink.write(rows[chunk : chunk + 1000])
     await store.sink.write([uplink("air-2", T0 - timedelta(minutes=10), {"pm25": 7.0, "no2": 3.0})])
     await store.sink.write([charger("ev-1", T0 - timedelta(hours=2), 1, "Available")])
+    await store.sink.flush()
     return store
 
 

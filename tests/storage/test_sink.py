@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import psycopg
@@ -88,6 +89,7 @@ async def test_late_rows_land_at_their_real_time_and_in_rollups(store: Store) ->
     late = backlog("nb-1", start, timedelta(minutes=15), "level", [1.0, 2.0, 3.0, 4.0],
                    received=T0 + MIN)
     assert (await store.sink.write([late])).readings_inserted == 4
+    await store.sink.flush()
 
     async with store.pool.connection() as conn:
         cur = await conn.execute(
@@ -182,22 +184,20 @@ async def test_lost_connection_is_retriable_and_loses_nothing(pg_store: Store) -
 
         # a connection lost in the middle of a write: retriable, and nothing is half-written
         batch = [uplink("air-1", T0 + 2 * MIN, {"pm25": 3.0})]
-        async with await psycopg.AsyncConnection.connect(pg_store.url) as locker, \
-                await psycopg.AsyncConnection.connect(pg_store.url, autocommit=True) as admin:
-            await locker.execute("LOCK TABLE device_state IN EXCLUSIVE MODE")
-            write = asyncio.ensure_future(sink.write(batch))
-            waiting = """FROM pg_stat_activity WHERE datname = current_database()
-                         AND wait_event_type = 'Lock' AND pid <> %s"""
-            await _until(admin, "SELECT EXISTS (SELECT " + waiting + ")", locker.info.backend_pid)
-            await admin.execute("SELECT pg_terminate_backend(pid) " + waiting, (locker.info.backend_pid,))
-            with pytest.raises(StorageUnavailableError) as info:
-                await write
-            assert info.value.retriable
-            await locker.rollback()
+        with pytest.raises(StorageUnavailableError) as info:
+            await _terminated_while_waiting(pg_store.url, "readings", sink.write(batch))
+        assert info.value.retriable
         assert (await sink.write(batch)).readings_inserted == 1  # the stage's retry succeeds
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT value FROM readings ORDER BY time")
             assert [v for v, in await cur.fetchall()] == [1.0, 2.0, 3.0]
+
+        # a connection lost in the middle of a flush: retriable, and the state stays pending
+        with pytest.raises(StorageUnavailableError) as info:
+            await _terminated_while_waiting(pg_store.url, "device_state", sink.flush())
+        assert info.value.retriable and sink.pending_devices == 1
+        await sink.flush()
+        async with pool.connection() as conn:
             cur = await conn.execute("SELECT metric, value FROM latest_readings")
             assert await cur.fetchall() == [("pm25", 3.0)]
     finally:
@@ -239,6 +239,22 @@ async def test_a_connection_dropped_just_after_use_fails_the_write_retriably(pg_
             assert [v for v, in await cur.fetchall()] == [1.0, 2.0]
     finally:
         await pool.close()
+
+
+async def _terminated_while_waiting(url: str, table: str, work: Awaitable[object]) -> None:
+    """Run ``work`` while ``table`` is locked, and terminate its backend once it waits."""
+    async with await psycopg.AsyncConnection.connect(url) as locker, \
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        await locker.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(table)))
+        task = asyncio.ensure_future(work)
+        waiting = """FROM pg_stat_activity WHERE datname = current_database()
+                     AND wait_event_type = 'Lock' AND pid <> %s"""
+        try:
+            await _until(admin, "SELECT EXISTS (SELECT " + waiting + ")", locker.info.backend_pid)
+            await admin.execute("SELECT pg_terminate_backend(pid) " + waiting, (locker.info.backend_pid,))
+        finally:
+            await locker.rollback()
+        await task
 
 
 async def _terminate_pool_connections(pool: AsyncConnectionPool, url: str) -> None:

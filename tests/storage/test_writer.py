@@ -21,17 +21,25 @@ pytestmark = pytest.mark.services
 
 
 class FlakySink:
-    """Fails the first ``failures`` writes as a lost connection would, then delegates."""
+    """Fails the first ``failures`` writes and ``flush_failures`` flushes as a lost connection
+    would, then delegates."""
 
-    def __init__(self, inner: Store, failures: int) -> None:
+    def __init__(self, inner: Store, failures: int, flush_failures: int = 0) -> None:
         self._inner = inner.sink
         self.failures = failures
+        self.flush_failures = flush_failures
 
     async def write(self, batches: Sequence[RecordBatch]) -> WriteResult:
         if self.failures:
             self.failures -= 1
             raise StorageUnavailableError("connection lost (simulated)")
         return await self._inner.write(batches)
+
+    async def flush(self) -> None:
+        if self.flush_failures:
+            self.flush_failures -= 1
+            raise StorageUnavailableError("connection lost in a flush (simulated)")
+        await self._inner.flush()
 
 
 async def test_writer_retries_transient_failures_and_commits_after_the_database(pg_store: Store) -> None:
@@ -43,8 +51,9 @@ async def test_writer_retries_transient_failures_and_commits_after_the_database(
                for d in range(4) for i in range(50)]
     await producer.send_batch("readings", [(b.device_id.encode(), encode(b)) for b in batches])
     await producer.send_batch("readings", [(b"junk", b"\x00not msgpack")])
-    sink = FlakySink(pg_store, failures=2)
-    writer = Writer(bus, sink, readings_topic="readings", dlq_topic="dlq", group="w", max_records=64)
+    sink = FlakySink(pg_store, failures=2, flush_failures=2)
+    writer = Writer(bus, sink, readings_topic="readings", dlq_topic="dlq", group="w", max_records=64,
+                    checkpoint_interval_s=0.05)
     writer.stage._retry_backoff_s = 0.0  # deterministic: no sleeping between retries
     task = asyncio.create_task(writer.run())
     async with asyncio.timeout(60):
@@ -54,11 +63,14 @@ async def test_writer_retries_transient_failures_and_commits_after_the_database(
     writer.request_stop()
     await task
 
-    assert sink.failures == 0
+    assert sink.failures == sink.flush_failures == 0
     assert writer.rows_inserted == len(batches)
     async with pg_store.pool.connection() as conn:
         cur = await conn.execute("SELECT count(*), count(DISTINCT device_id) FROM readings")
         assert await cur.fetchone() == (200, 4)
+        # the checkpoint flushed every device's newest value before the offsets were committed
+        cur = await conn.execute("SELECT device_id, value FROM latest_readings ORDER BY device_id")
+        assert await cur.fetchall() == [(f"air-{d}", 49.0) for d in range(4)]
     assert sum(bus.committed("w").values()) == len(batches) + 1
     dlq_end = bus.end_offsets("dlq")
     assert sum(dlq_end.values()) == 1

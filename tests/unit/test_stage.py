@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from brokers.base import Message, TopicPartition, TopicSpec
 from brokers.exceptions import BrokerUnavailableError
@@ -40,4 +40,96 @@ async def test_a_batch_stuck_retrying_gives_way_to_a_rebalance_uncommitted() -> 
     stage.request_stop()
     with contextlib.suppress(BrokerUnavailableError):
         await asyncio.wait_for(task, 15)
+    await newcomer.stop()
+
+
+async def _bus_with(records: int, partitions: int = 2) -> MemoryBus:
+    bus = MemoryBus()
+    await bus.create_topics([TopicSpec("in", partitions)])
+    producer = bus.producer()
+    await producer.start()
+    await producer.send_batch("in", [(f"k{i}".encode(), b"v") for i in range(records)])
+    return bus
+
+
+class _Checkpoints:
+    """A stage's checkpoint that records what the bus had committed when it ran."""
+
+    def __init__(self, bus: MemoryBus, *, failures: int = 0) -> None:
+        self.bus = bus
+        self.failures = failures
+        self.committed_at_each: list[dict[TopicPartition, int]] = []
+
+    async def __call__(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BrokerUnavailableError("database down (simulated)")
+        self.committed_at_each.append(dict(self.bus.committed("g")))
+
+
+async def _noop(batches: Mapping[TopicPartition, Sequence[Message]]) -> None:
+    return None
+
+
+async def _run_until(stage: ConsumerStage, done: Callable[[], bool]) -> None:
+    task = asyncio.create_task(stage.run())
+    for _ in range(500):
+        if done() or task.done():
+            break
+        await asyncio.sleep(0.01)
+    stage.request_stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_offsets_wait_for_the_checkpoint_which_runs_on_stop() -> None:
+    bus = await _bus_with(20)
+    checkpoints = _Checkpoints(bus)
+    handled: list[int] = []
+
+    async def handler(batches: Mapping[TopicPartition, Sequence[Message]]) -> None:
+        handled.append(sum(len(m) for m in batches.values()))
+
+    stage = ConsumerStage(bus, ["in"], "g", handler, max_records=3, checkpoint=checkpoints,
+                          checkpoint_interval_s=3600)
+    await _run_until(stage, lambda: sum(handled) == 20)
+    assert sum(handled) == 20 and len(handled) > 1
+    # one checkpoint, on stop; nothing had been committed before it, everything after it
+    assert checkpoints.committed_at_each == [{}]
+    assert sum(bus.committed("g").values()) == 20
+    assert (stage.records_committed, stage.batches_committed) == (20, len(handled))
+
+
+async def test_without_an_interval_every_batch_is_checkpointed() -> None:
+    bus = await _bus_with(12, partitions=1)
+    checkpoints = _Checkpoints(bus)
+    stage = ConsumerStage(bus, ["in"], "g", _noop, max_records=4, checkpoint=checkpoints)
+    await _run_until(stage, lambda: stage.records_committed == 12)
+    assert [sum(c.values()) for c in checkpoints.committed_at_each] == [0, 4, 8]
+
+
+async def test_a_failing_checkpoint_is_retried_and_nothing_is_committed_before_it_succeeds() -> None:
+    bus = await _bus_with(10, partitions=1)
+    checkpoints = _Checkpoints(bus, failures=3)
+    stage = ConsumerStage(bus, ["in"], "g", _noop, checkpoint=checkpoints, retry_backoff_s=0.01)
+    await _run_until(stage, lambda: stage.records_committed == 10)
+    assert checkpoints.failures == 0 and checkpoints.committed_at_each == [{}]
+    assert bus.committed("g") == {TopicPartition("in", 0): 10}
+
+
+async def test_a_rebalance_checkpoints_and_commits_before_the_hand_over() -> None:
+    bus = await _bus_with(20)
+    checkpoints = _Checkpoints(bus)
+    stage = ConsumerStage(bus, ["in"], "g", _noop, checkpoint=checkpoints, checkpoint_interval_s=3600)
+    task = asyncio.create_task(stage.run())
+    for _ in range(500):
+        if stage._pending_records == 20:
+            break
+        await asyncio.sleep(0.01)
+    newcomer = bus.consumer(["in"], "g")
+    await asyncio.wait_for(newcomer.start(), 5)
+    # the revocation checkpointed and committed everything the stage had handled
+    assert checkpoints.committed_at_each == [{}]
+    assert sum(bus.committed("g").values()) == 20
+    stage.request_stop()
+    await asyncio.wait_for(task, 10)
     await newcomer.stop()

@@ -1,15 +1,18 @@
-"""The writer's row building: readings for COPY and one state row per device."""
+"""The writer's row building: readings for COPY, and one state record per device, merged
+across writes until a flush."""
 
 from __future__ import annotations
 
 import gc
+import random
 import struct
 
 import pytest
 
 from citysense.records import Health, Reading, RecordBatch
 from storage import copy_binary
-from storage.write_rows import PG_EPOCH_US, WriteRows
+from storage.latest_state import PG_EPOCH_US, PendingStates
+from storage.write_rows import WriteRows
 
 S = 1_000_000_000  # ns per second
 T = 1_900_000_000 * S
@@ -78,10 +81,14 @@ _TYPE_OID = 424242  # stands for device_batch_state's oid, which each database a
 _COLUMN_OIDS = [25, 1184, 1184, 1009, 1016, 1022, 1016, 1184, 1184]
 
 
-def _device_rows(rows: WriteRows) -> list[tuple[object, ...]]:
+def _device_rows(rows: WriteRows | PendingStates) -> list[tuple[object, ...]]:
     """Decode the binary array of device_batch_state records: a tuple per record (timestamptz
     as PG-epoch microseconds, arrays as their raw binary)."""
-    data = rows.device_input(_TYPE_OID)
+    if isinstance(rows, WriteRows):
+        pending = PendingStates()
+        pending.absorb(rows.devices)
+        rows = pending
+    data = rows.input(_TYPE_OID)
     ndim, flags, oid = struct.unpack_from(">iii", data)
     assert (flags, oid) == (0, _TYPE_OID)
     if ndim == 0:
@@ -130,7 +137,8 @@ def test_device_row_holds_the_newest_value_per_metric_sorted_by_metric() -> None
     assert _array(received) == (20, [(T + 60 * S) // 1000, (T + 70 * S) // 1000])
     # the stage's own times are PostgreSQL-epoch microseconds (binary timestamptz)
     assert seen == (T + 70 * S) // 1000 - PG_EPOCH_US
-    assert (last, first, newest) == (us + 10_000_000 - PG_EPOCH_US, us - 10_000_000 - PG_EPOCH_US,
+    # first and newest: the oldest and newest of the values it carries (not of all readings)
+    assert (last, first, newest) == (us + 10_000_000 - PG_EPOCH_US, us - PG_EPOCH_US,
                                      us + 10_000_000 - PG_EPOCH_US)
     assert rows.reading_count == 5
     shift = PG_EPOCH_US
@@ -198,3 +206,57 @@ def test_the_garbage_collector_is_left_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def _decoded(rows: WriteRows | PendingStates) -> list[tuple[object, ...]]:
+    return [(*r[:3], *[_array(a) for a in r[3:7]], *r[7:]) for r in _device_rows(rows)]
+
+
+def _random_stream(rng: random.Random, n: int) -> list[RecordBatch]:
+    """Uplinks of 6 devices with overlapping metric sets, repeated and late times, equal
+    times with other values, a repeated metric in one uplink, a gateway's foreign readings."""
+    sets = [("no2", "pm25"), ("no2", "pm25"), ("co", "pm25"), ("pm25", "pm25")]
+    out: list[RecordBatch] = []
+    for i in range(n):
+        device = f"d{rng.randrange(6)}"
+        received = T + rng.randrange(100) * S
+        if rng.random() < 0.1:
+            out.append(RecordBatch(device, received, health=(Health(device, T + rng.randrange(100) * S,
+                                                                    -90.0, 5.0, 0, 3.6),)))
+            continue
+        one_time = T + rng.randrange(20) * S
+        readings = [Reading(device, m, one_time if rng.random() < 0.8 else T + rng.randrange(20) * S,
+                            float(i * 10 + k), received) for k, m in enumerate(rng.choice(sets))]
+        if rng.random() < 0.1:
+            readings.append(Reading(f"leaf{rng.randrange(2)}", "pm25", one_time, float(i), received))
+        out.append(RecordBatch(device, received, tuple(readings)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_states_merged_across_writes_equal_one_write_of_them_all(seed: int) -> None:
+    """The sink folds each committed write into its pending states: that must give the
+    records one write of the whole stream gives (newest per metric, ties keep the first)."""
+    rng = random.Random(seed)
+    stream = _random_stream(rng, 60)
+    pending = PendingStates()
+    at = 0
+    while at < len(stream):
+        step = rng.randrange(1, 12)
+        pending.absorb(WriteRows.of(stream[at:at + step]).devices)
+        at += step
+    assert _decoded(pending) == _decoded(WriteRows.of(stream))
+
+
+def test_a_failed_flush_puts_its_states_back_under_the_later_ones() -> None:
+    pending = PendingStates()
+    first = [_batch("a", ("pm25", T + 5 * S, 1.0)), _batch("b", ("pm25", T, 7.0))]
+    pending.absorb(WriteRows.of(first).devices)
+    taken = pending.take()
+    assert len(pending) == 0
+    # written while the flush was in flight: newer for a (wins), equal time for b (loses)
+    later = [_batch("a", ("pm25", T + 9 * S, 2.0)), _batch("b", ("pm25", T, 8.0))]
+    pending.absorb(WriteRows.of(later).devices)
+    pending.restore(taken)
+    values = {r[0]: _array(r[5])[1] for r in _device_rows(pending)}
+    assert values == {"a": [2.0], "b": [7.0]}
