@@ -68,6 +68,7 @@ class ConsumerStage:
         self._pending: dict[TopicPartition, int] = {}
         self._pending_since = 0.0
         self._pending_batches = self._pending_records = 0
+        self._checkpointing: asyncio.Task[None] | None = None  # one at a time, beside new batches
         self.batches_committed = 0
         self.records_committed = 0
 
@@ -79,7 +80,7 @@ class ConsumerStage:
         try:
             async with self._lock:
                 try:
-                    await self._commit_pending()
+                    await self._checkpoint_now()
                 except CitysenseError as exc:  # not ours to raise into the consumer's rebalance
                     log.warning("checkpoint before revocation failed, offsets uncommitted: %s", exc)
                 for tp in partitions:  # given up on: the new owner starts from the last commit
@@ -93,7 +94,12 @@ class ConsumerStage:
 
     async def run(self) -> None:
         """Consume until ``request_stop()``; the batch in flight always completes, and what was
-        handled is checkpointed and committed before the consumer stops."""
+        handled is checkpointed and committed before the consumer stops.
+
+        A due checkpoint runs as a task while the next batches are handled (the
+        writer's flush takes a connection and server time the batches would
+        otherwise wait for); the offsets it commits are the ones taken when it
+        started, whose side effects it covers. One runs at a time."""
         await self.consumer.start()
         try:
             while not self._stopping.is_set():
@@ -102,10 +108,17 @@ class ConsumerStage:
                     await self._handle(batches)
                 if self._pending and self._checkpoint_due():
                     async with self._lock:
-                        await self._commit_pending()
+                        await self._finish_checkpoint()  # raises what a failed one raised
+                        self._checkpointing = asyncio.create_task(self._checkpoint_and_commit())
+                elif self._checkpointing is not None and self._checkpointing.done():
+                    await self._finish_checkpoint()
             async with self._lock:
-                await self._commit_pending()
+                await self._checkpoint_now()
         finally:
+            if self._checkpointing is not None:  # after a failure: its offsets stay uncommitted
+                self._checkpointing.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._checkpointing
             await self.consumer.stop()
 
     def _checkpoint_due(self) -> bool:
@@ -130,16 +143,30 @@ class ConsumerStage:
             if self._metrics is not None:
                 self._metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
 
-    async def _commit_pending(self) -> None:
-        """Checkpoint, then commit the offsets of every batch handled so far (under the lock)."""
+    async def _finish_checkpoint(self) -> None:
+        task, self._checkpointing = self._checkpointing, None
+        if task is not None:
+            await task
+
+    async def _checkpoint_now(self) -> None:
+        """The running checkpoint, then one of everything handled since (under the lock)."""
+        await self._finish_checkpoint()
+        await self._checkpoint_and_commit()
+
+    async def _checkpoint_and_commit(self) -> None:
+        """Checkpoint, then commit the offsets of every batch handled until now.
+
+        The offsets are taken before the checkpoint starts: every batch they cover has
+        returned from the handler, so its side effects are in what the checkpoint makes
+        durable (batches handled meanwhile may be too; their offsets wait for the next)."""
         if not self._pending:
-            return
-        if self._checkpoint is not None and not await self._with_retries(self._checkpoint):
-            log.warning("checkpoint abandoned to a rebalance; the offsets stay uncommitted")
             return
         offsets, self._pending = self._pending, {}
         batches, records = self._pending_batches, self._pending_records
         self._pending_batches = self._pending_records = 0
+        if self._checkpoint is not None and not await self._with_retries(self._checkpoint):
+            log.warning("checkpoint abandoned to a rebalance; the offsets stay uncommitted")
+            return
         try:
             await self.consumer.commit(offsets)
         except CommitFailedError as exc:

@@ -9,22 +9,24 @@ minute and a half on a 2-core machine. Figures, not assertions: the machine
 may be shared.
 
 Write: the same kind of stream (air-quality uplinks, six readings each, each
-transaction ``--batch`` uplinks from as many different devices) is written by
-``ReadingsSink.write`` (COPY straight into ``readings``, with the staged
-insert-or-ignore fallback and dirty rollup buckets) plus ``ReadingsSink.flush``
-(the device state: last seen and latest value per metric) whenever
-``--checkpoint-interval`` seconds have passed since the last, as the writer
-stage checkpoints, and always at the end of each run, on the clock; 0 flushes
-after every write. And by a bare binary ``COPY readings FROM STDIN`` in transactions of the same
-size, into the same table (same indexes), in ``--rounds`` rounds of A-B-B-A
-(``loadtests.write_compare``, which also reports CPU per row of each). Raw
-COPY gets its rows prepared before the clock starts (datetimes built); the
-writer's clock includes turning records into rows. Then the same rounds with
-25 % of the writer's transactions re-delivered, and the rollup refresh that the
-writer's background loop would run over everything the writer wrote (its
-cost moved out of the write transaction, not removed: reported with the
-combined rate). Query: 100,000 registered devices with latest state, a day
-of 1-minute raw data for 300 devices, 30 days of 1-hour rollups for 2,000.
+transaction ``--batch`` uplinks from as many different devices) is written
+two ways into the same table (same indexes), in ``--rounds`` rounds of
+A-B-B-A (``loadtests.write_compare``, which also reports CPU per row of each):
+- by the writer: ``ReadingsSink.write`` (COPY straight into ``readings``, with
+  the staged insert-or-ignore fallback and dirty rollup buckets) plus
+  ``ReadingsSink.flush`` (device state: last seen, latest value per metric)
+  every ``--checkpoint-interval`` seconds beside the next writes, as the
+  writer stage checkpoints, and once more at the end of each run, waited for
+  on the clock (0: a flush after every write). Its clock includes turning
+  records into rows;
+- by a bare binary ``COPY readings FROM STDIN`` in transactions of the same
+  size, its rows (with datetimes) prepared before its clock starts.
+Then the same rounds with 25 % of the writer's transactions re-delivered, and
+the rollup refresh that the writer's background loop would run over
+everything the writer wrote (its cost moved out of the write transaction, not
+removed: reported with the combined rate). Query: 100,000 registered devices
+with latest state, a day of 1-minute raw data for 300 devices, 30 days of
+1-hour rollups for 2,000.
 """
 
 from __future__ import annotations
@@ -139,22 +141,30 @@ FLUSHES = Flushes()
 
 
 async def writer(sink: ReadingsSink, chunks: list[list[RecordBatch]]) -> tuple[int, int, float]:
-    """Write the chunks, flushing device state as the writer stage checkpoints (CHECKPOINT_S),
-    and once more at the end: nothing is left pending off the clock."""
+    """Write the chunks, flushing device state as the writer stage checkpoints: every
+    CHECKPOINT_S, each flush beside the next writes (one at a time), and once more at the end,
+    waited for, so nothing is left pending off the clock."""
     offered = inserted = 0
     t = last_flush = time.perf_counter()
+    flushing: asyncio.Task[None] | None = None
     for chunk in chunks:
         result = await sink.write(chunk)
         offered += result.readings_offered
         inserted += result.readings_inserted
         if time.perf_counter() - last_flush >= CHECKPOINT_S:
-            await _flush(sink)
+            if flushing is not None:
+                await flushing
+            flushing = asyncio.create_task(_flush(sink))
             last_flush = time.perf_counter()
+    if flushing is not None:
+        await flushing
     await _flush(sink)
     return offered, inserted, time.perf_counter() - t
 
 
 async def _flush(sink: ReadingsSink) -> None:
+    if not sink.pending_devices:
+        return
     devices, t = sink.pending_devices, time.perf_counter()
     await sink.flush()
     FLUSHES.count += 1

@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 
+import pytest
+
 from brokers.base import Message, TopicPartition, TopicSpec
 from brokers.exceptions import BrokerUnavailableError
 from brokers.memory import MemoryBus
 from brokers.stage import ConsumerStage
+from storage.exceptions import StorageRejectedError
 
 
 async def test_a_batch_stuck_retrying_gives_way_to_a_rebalance_uncommitted() -> None:
@@ -99,12 +102,15 @@ async def test_offsets_wait_for_the_checkpoint_which_runs_on_stop() -> None:
     assert (stage.records_committed, stage.batches_committed) == (20, len(handled))
 
 
-async def test_without_an_interval_every_batch_is_checkpointed() -> None:
-    bus = await _bus_with(12, partitions=1)
+async def test_without_an_interval_checkpoints_follow_each_other() -> None:
+    """Each starts once the previous one has committed; it commits what was handled by then."""
+    bus = await _bus_with(40, partitions=1)
     checkpoints = _Checkpoints(bus)
     stage = ConsumerStage(bus, ["in"], "g", _noop, max_records=4, checkpoint=checkpoints)
-    await _run_until(stage, lambda: stage.records_committed == 12)
-    assert [sum(c.values()) for c in checkpoints.committed_at_each] == [0, 4, 8]
+    await _run_until(stage, lambda: stage.records_committed == 40)
+    seen = [sum(c.values()) for c in checkpoints.committed_at_each]
+    assert len(seen) >= 3 and seen[0] == 0 and seen == sorted(set(seen)) and seen[-1] < 40
+    assert bus.committed("g") == {TopicPartition("in", 0): 40}
 
 
 async def test_a_failing_checkpoint_is_retried_and_nothing_is_committed_before_it_succeeds() -> None:
@@ -133,3 +139,50 @@ async def test_a_rebalance_checkpoints_and_commits_before_the_hand_over() -> Non
     stage.request_stop()
     await asyncio.wait_for(task, 10)
     await newcomer.stop()
+
+
+async def test_a_slow_checkpoint_runs_beside_new_batches_and_commits_only_what_it_covers() -> None:
+    bus = await _bus_with(5, partitions=1)
+    producer = bus.producer()
+    await producer.start()
+    release = asyncio.Event()
+    started = asyncio.Event()
+    handled: list[int] = []
+    committed_at_each: list[int] = []
+
+    async def slow_checkpoint() -> None:
+        committed_at_each.append(sum(bus.committed("g").values()))
+        started.set()
+        await release.wait()
+
+    async def handler(batches: Mapping[TopicPartition, Sequence[Message]]) -> None:
+        handled.extend(m.offset for msgs in batches.values() for m in msgs)
+
+    stage = ConsumerStage(bus, ["in"], "g", handler, checkpoint=slow_checkpoint, checkpoint_interval_s=0)
+    task = asyncio.create_task(stage.run())
+    await asyncio.wait_for(started.wait(), 5)
+    covered = len(handled)  # what the running checkpoint took
+    await producer.send_batch("in", [(b"k", b"v")] * 7)
+    for _ in range(500):  # batches go on being handled while the checkpoint waits
+        if len(handled) == 12:
+            break
+        await asyncio.sleep(0.01)
+    assert len(handled) == 12 and bus.committed("g") == {}
+    release.set()
+    stage.request_stop()
+    await asyncio.wait_for(task, 10)
+    # the next checkpoint saw exactly what the slow one had committed: the offsets it took
+    assert committed_at_each[:2] == [0, covered] and 0 < covered < 12
+    assert bus.committed("g") == {TopicPartition("in", 0): 12}
+
+
+async def test_a_checkpoint_that_fails_for_good_stops_the_stage_uncommitted() -> None:
+    bus = await _bus_with(6, partitions=1)
+
+    async def refused() -> None:
+        raise StorageRejectedError("the database refused the state (simulated)")
+
+    stage = ConsumerStage(bus, ["in"], "g", _noop, checkpoint=refused)
+    with pytest.raises(StorageRejectedError):
+        await asyncio.wait_for(stage.run(), 10)
+    assert bus.committed("g") == {}
