@@ -59,6 +59,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_LATEST]),
     Migration(4, "the writer's per-device input type",
               lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_BATCH_STATE]),
+    Migration(5, "room on device_state's pages for in-place updates",
+              lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_STATE_FILLFACTOR]),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version
