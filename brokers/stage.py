@@ -5,7 +5,7 @@ durable when it returns. A stage may also keep state derived from many
 batches (the writer: each device's latest state); it passes a ``checkpoint``
 that makes that durable, and the offsets of the batches handled so far are
 committed only after it has run. ``checkpoint_interval_s`` spaces the
-checkpoints (0: after every batch, which is what a stage without one gets);
+checkpoints (0: one after another, which is what a stage without one gets);
 a crash between two loses nothing, it re-delivers the batches since the
 last. A lock around handle and checkpoint lets ``on_revoked`` wait for the
 batch in flight and checkpoint, so a rebalance hands over partitions with

@@ -52,12 +52,12 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 4,
     (one empty round trip), and returns connections out of autocommit.
 
     Without the check, a connection the server dropped while idle (a restart, a
-    terminated backend) fails the next write, and with two connections per write
-    (``ReadingsSink``) the retry could draw the other dead one too. A connection
-    used within the last second is handed out unchecked: the writer takes two per
-    write, many times a second, and the two round trips cost it about 0.5 ms of
-    each write. One that died in that second fails its write with a retriable
-    error, and the pool discards it when it comes back.
+    terminated backend) fails the next write, and its retry could draw another
+    dead one. A connection used within the last second is handed out unchecked:
+    the writer takes one per write, many times a second, and the check's round
+    trip would cost each write a few tenths of a millisecond. One that died in
+    that second fails its write with a retriable error, and the pool discards it
+    when it comes back.
     """
     checks = _Checks(check_idle_after_s)
     pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False,

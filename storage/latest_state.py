@@ -52,12 +52,15 @@ class DeviceState:
     uplink_time: int = 0
     uplink_received: int = 0
 
-    def keep_uplink(self, readings: tuple[Reading, ...], t: int, rt: int) -> bool:
-        """Take an uplink whose readings all have time ``t`` and received time ``rt``; False
-        (and nothing done) when it cannot be kept as it is, so the caller notes each reading."""
+    def keep_uplink(self, readings: tuple[Reading, ...], t: int, rt: int,
+                    metrics: tuple[str, ...] | None = None) -> bool:
+        """Take an uplink whose readings all have time ``t`` and received time ``rt`` (and
+        ``metrics``, when known already); False (and nothing done) when it cannot be kept as
+        it is, so the caller notes each reading."""
         if self.latest:
             return False
-        metrics = tuple([r.metric for r in readings])
+        if metrics is None:
+            metrics = tuple([r.metric for r in readings])
         if self.uplink is not None:
             if metrics != self.uplink_metrics:
                 return False
@@ -90,7 +93,8 @@ class DeviceState:
         """Merge the state of records that came after this one's (ties keep this one's)."""
         self.seen = max(self.seen, later.seen)
         rs = later.uplink
-        if rs is not None and self.keep_uplink(rs, later.uplink_time, later.uplink_received):
+        if rs is not None and self.keep_uplink(rs, later.uplink_time, later.uplink_received,
+                                               later.uplink_metrics):
             self.last = max(self.last, later.last)
             return
         later_latest = dict(later.latest)

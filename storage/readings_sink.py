@@ -38,7 +38,7 @@ from storage import migrations, partitions
 from storage import write_sql as w
 from storage.base import WriteResult
 from storage.db import TRANSIENT, Conn, Query
-from storage.exceptions import StorageRejectedError, StorageUnavailableError
+from storage.exceptions import StorageError, StorageRejectedError, StorageUnavailableError
 from storage.latest_state import PG_EPOCH_US, PendingStates
 from storage.schema import POSTGRES, ROLLUPS, Backend
 from storage.settings import StorageSettings
@@ -125,6 +125,8 @@ class ReadingsSink:
             self._pending.restore(taken)
             if isinstance(exc, TRANSIENT):
                 raise StorageUnavailableError(f"device state flush failed, will retry: {exc}") from exc
+            if isinstance(exc, psycopg.Error):  # not the records' fault: they were stored already
+                raise StorageError(f"device state flush failed: {type(exc).__name__}: {exc}") from exc
             raise
         if len(self._known) > _MAX_KNOWN:
             self._known.clear()

@@ -5,25 +5,27 @@ and the touched rollup buckets are noted in ``rollup_dirty`` with the
 commit. Slow path (a re-delivery: the COPY met the primary key): the
 transaction is rolled back, the rows are COPYed into a temporary stage and
 inserted with ``ON CONFLICT DO NOTHING``; only the rows actually inserted
-(``RETURNING``) dirty rollup buckets. Either way ``device_state`` is
-updated from one ``device_batch_state`` record per device (migration 4) —
-last seen, and the newest reading per metric of the batch, reduced in
-Python and sent as one array parameter. That update only ever moves a value
-forward in time (an older or equal time never replaces a stored one), so
-feeding it the whole batch on the slow path is the same as feeding it the
-rows inserted. A re-delivered row therefore changes nothing, and a late row
-lands at its real time and dirties the buckets of that time.
+(``RETURNING``) dirty rollup buckets. A re-delivered row therefore changes
+nothing, and a late row lands at its real time and dirties the buckets of
+that time. ``device_state`` is updated at the writer's checkpoints
+(``ReadingsSink.flush``) from one ``device_batch_state`` record per device
+(migration 4): last seen, and the newest reading per metric of every write
+since the last flush, sent as one array parameter. That update only ever
+moves a value forward in time (an older or equal time never replaces a
+stored one), so states derived again from re-delivered batches change
+nothing.
 
 Rollups (PostgreSQL path) are not touched here: ``storage.rollups`` recomputes
 dirty buckets from raw rows in the background, and ``storage.queries`` reads
 raw rows for buckets still dirty, so answers stay exact.
 
 Readings arrive as binary COPY data, and device states as one binary array
-of records, built in Python (``storage.write_rows``, ``storage.copy_binary``)
-in the column order of ``COPY_READINGS`` and of ``device_batch_state``. Their
-times are int64: PostgreSQL's binary ``timestamptz`` *is* a big-endian int64
-of microseconds since 2000-01-01 UTC, so ``microseconds since the Unix epoch -
-write_rows.PG_EPOCH_US`` needs no Python datetime and no conversion in SQL.
+of records, built in Python (``storage.write_rows``, ``storage.latest_state``,
+``storage.copy_binary``) in the column order of ``COPY_READINGS`` and of
+``device_batch_state``. Their times are int64: PostgreSQL's binary
+``timestamptz`` *is* a big-endian int64 of microseconds since 2000-01-01 UTC,
+so ``microseconds since the Unix epoch - latest_state.PG_EPOCH_US`` needs no
+Python datetime and no conversion in SQL.
 Groups are upserted in key order so two writers touching the same rows
 cannot deadlock in practice (and a deadlock would be retried); Kafka's keying
 by device keeps two writers off the same device anyway, except across a

@@ -271,3 +271,24 @@ async def _until(conn: psycopg.AsyncConnection[tuple[object, ...]], query: str, 
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"still not true after 10 s: {query}")
+
+
+async def test_a_flush_the_database_refuses_fails_for_good_and_keeps_the_state(pg_store: Store) -> None:
+    """Not retriable (the stage stops with it) and not the records' fault (they are stored)."""
+    from storage.exceptions import StorageError, StorageRejectedError
+
+    await pg_store.sink.write([uplink("air-1", T0, {"pm25": 1.0})])
+    async with pg_store.pool.connection() as conn:
+        await conn.execute("ALTER TABLE device_state ADD CONSTRAINT no_rows CHECK (false) NOT VALID")
+        await conn.commit()
+    with pytest.raises(StorageError, match="device state flush failed") as info:
+        await pg_store.sink.flush()
+    assert not info.value.retriable and not isinstance(info.value, StorageRejectedError)
+    assert pg_store.sink.pending_devices == 1
+    async with pg_store.pool.connection() as conn:
+        await conn.execute("ALTER TABLE device_state DROP CONSTRAINT no_rows")
+        await conn.commit()
+    await pg_store.sink.flush()
+    async with pg_store.pool.connection() as conn:
+        cur = await conn.execute("SELECT metric, value FROM latest_readings")
+        assert await cur.fetchall() == [("pm25", 1.0)]
