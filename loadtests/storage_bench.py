@@ -21,6 +21,9 @@ A-B-B-A (``loadtests.write_compare``, which also reports CPU per row of each):
   records into rows;
 - by a bare binary ``COPY readings FROM STDIN`` in transactions of the same
   size, its rows (with datetimes) prepared before its clock starts.
+(The default stream repeats each device about 40 times a second. ``--devices 100000
+--uplinks 2 --rounds 1`` has every device report once per checkpoint, the shape of the
+``scale`` load scenario: the writer's worst case, see storage/README.md.)
 Then the same rounds with 25 % of the writer's transactions re-delivered, and
 the rollup refresh that the writer's background loop would run over
 everything the writer wrote (its cost moved out of the write transaction, not

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import statistics
 import time
@@ -42,9 +43,29 @@ async def scratch_database(prefix: str) -> AsyncIterator[str]:
     try:
         yield with_dbname(url, name)
     finally:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            await conn.execute(drop)
+        await _drop_database(url, name)
+
+
+async def _drop_database(url: str, name: str) -> None:
+    """Drop ``name``, waiting out the server's own workers in it.
+
+    ``WITH (FORCE)`` refuses, for a role without ``pg_signal_backend``, while an
+    autovacuum worker (or TimescaleDB's scheduler) is in the database, and the
+    benchmarks leave work for autovacuum. A plain ``DROP DATABASE`` cancels
+    autovacuum itself, and fails with ObjectInUse while anything else is still
+    connected; so try both, for up to ten seconds, rather than leave the
+    scratch database behind."""
+    force = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    plain = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for attempt in range(50):
+            try:
+                await conn.execute(force if attempt % 2 == 0 else plain)
+                return
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.2)
 
 
 def uplinks(devices: int, per_device: int, start: datetime, step_s: int = 60) -> list[RecordBatch]:
