@@ -56,7 +56,9 @@ class StorageSettings(CommonSettings):
 class WriterSettings(StorageSettings):
     writer_group: str = "citysense-writer"
     writer_max_records: int = Field(default=5000, ge=1)
-    db_pool_size: int = Field(default=4, ge=2)  # the sink takes one per write; maintenance one
+    # The sink takes one connection per write and one for a checkpoint's flush beside it;
+    # maintenance shares the pool and waits for one when both are in use.
+    db_pool_size: int = Field(default=4, ge=2)
     # Seconds between checkpoints: device_state is brought up to date and the Kafka offsets
     # of the batches written since are committed. Bounds how stale device_state may be, and
     # how much a crash re-delivers. 0 checkpoints after every batch.
