@@ -34,6 +34,7 @@ from aiokafka.partitioner import murmur2
 
 from brokers.base import KeyValue, Message, PartitionsCallback, TopicPartition, TopicSpec
 from brokers.exceptions import BrokerError, BrokerUnavailableError, CommitFailedError, NotStartedError
+from citysense.settings import CommonSettings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,3 +288,12 @@ class KafkaConsumer:
             raise CommitFailedError(f"commit of {dict(offsets)} failed: {exc!r}") from exc
         except KafkaConnectionError as exc:
             raise BrokerUnavailableError(f"commit failed: {exc!r}") from exc
+
+
+def kafka_config(settings: CommonSettings, client_id: str) -> KafkaConfig:
+    """The Kafka client settings of a deployable, from its ``CITYSENSE_`` settings."""
+    if not settings.kafka_bootstrap:
+        raise ValueError("CITYSENSE_KAFKA_BOOTSTRAP is not set")
+    return KafkaConfig(
+        bootstrap=settings.kafka_bootstrap, client_id=client_id, linger_ms=settings.kafka_linger_ms
+    )

@@ -1,3 +1,3 @@
-from citysense.cli import main
+from citysense.launch.cli import main
 
 main()

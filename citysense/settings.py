@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from brokers.kafka import KafkaConfig
-
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,13 +41,6 @@ class CommonSettings(BaseSettings):
     kafka_linger_ms: int = Field(default=5, ge=0)
     # Serve Prometheus /metrics on 127.0.0.1:<port> when set (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-
-    def kafka_config(self, client_id: str) -> KafkaConfig:
-        if not self.kafka_bootstrap:
-            raise ValueError("CITYSENSE_KAFKA_BOOTSTRAP is not set")
-        return KafkaConfig(
-            bootstrap=self.kafka_bootstrap, client_id=client_id, linger_ms=self.kafka_linger_ms
-        )
 
     def masked(self) -> dict[str, Any]:
         """A dump safe to log: secrets (and passwords inside URLs) hidden."""

@@ -21,13 +21,13 @@ Idle = Annotated[float, typer.Option(help="stop reading after this many idle sec
 
 
 def _bus(client_id: str) -> tuple[CommonSettings, KafkaBus]:
-    from brokers.kafka import KafkaBus
+    from brokers.kafka import KafkaBus, kafka_config
     from citysense.settings import CommonSettings, load_settings
 
     s = load_settings(CommonSettings)
     if not s.kafka_bootstrap:
         raise typer.BadParameter("CITYSENSE_KAFKA_BOOTSTRAP is not set")
-    return s, KafkaBus(s.kafka_config(client_id))
+    return s, KafkaBus(kafka_config(s, client_id))
 
 
 @dlq_app.command("stats")

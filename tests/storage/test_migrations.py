@@ -99,7 +99,7 @@ async def test_migration_3_keeps_the_latest_values_it_moves(empty_database: str)
 async def test_the_writer_refuses_to_start_on_a_too_old_schema(
     empty_database: str, pipeline_settings: CommonSettings,
 ) -> None:
-    from citysense.run import run_writer
+    from citysense.launch.runners import run_writer
 
     async with await psycopg.AsyncConnection.connect(empty_database) as conn:
         await migrations.migrate(conn, target=1)

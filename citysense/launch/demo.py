@@ -9,8 +9,8 @@ import time
 
 from psycopg_pool import AsyncConnectionPool
 
-from brokers.kafka import KafkaBus
-from citysense.run import build_bridge, create_topics, migrate_db
+from brokers.kafka import KafkaBus, kafka_config
+from citysense.launch.runners import build_bridge, create_topics, migrate_db
 from citysense.settings import load_settings
 from ingest.normaliser import Normaliser
 from ingest.settings import BridgeSettings
@@ -31,7 +31,7 @@ async def run_demo(*, devices: int, rate: float) -> None:
     await migrate_db(writer_settings)
     assert writer_settings.database_url is not None
     pool = await open_pool(writer_settings.database_url.get_secret_value())
-    bus = KafkaBus(writer_settings.kafka_config("citysense-demo"))
+    bus = KafkaBus(kafka_config(writer_settings, "citysense-demo"))
     bridge = build_bridge(bridge_settings)
     s = writer_settings
     normaliser = Normaliser(

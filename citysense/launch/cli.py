@@ -64,7 +64,7 @@ def services_status(names: Annotated[list[str] | None, typer.Argument()] = None)
 @topics_app.command("create")
 def topics_create() -> None:
     """Create the pipeline's topics with partition counts from settings (idempotent)."""
-    from citysense.run import create_topics
+    from citysense.launch.runners import create_topics
 
     _logging()
     asyncio.run(create_topics(load_settings(CommonSettings)))
@@ -73,7 +73,7 @@ def topics_create() -> None:
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply pending schema migrations (idempotent)."""
-    from citysense.run import migrate_db
+    from citysense.launch.runners import migrate_db
 
     _logging()
     applied = asyncio.run(migrate_db(load_settings(CommonSettings)))
@@ -134,7 +134,7 @@ def devices_import(
 @app.command()
 def bridge(verbose: bool = False) -> None:
     """Run the MQTT -> Kafka raw-topic bridge."""
-    from citysense.run import run_bridge
+    from citysense.launch.runners import run_bridge
     from ingest.settings import BridgeSettings
 
     _logging(verbose)
@@ -144,7 +144,7 @@ def bridge(verbose: bool = False) -> None:
 @app.command()
 def normalise(verbose: bool = False) -> None:
     """Run the normaliser (raw topic -> readings topic + dead letters)."""
-    from citysense.run import run_normaliser
+    from citysense.launch.runners import run_normaliser
     from ingest.settings import NormaliserSettings
 
     _logging(verbose)
@@ -154,7 +154,7 @@ def normalise(verbose: bool = False) -> None:
 @app.command()
 def write(verbose: bool = False) -> None:
     """Run the storage writer (readings topic -> database)."""
-    from citysense.run import run_writer
+    from citysense.launch.runners import run_writer
     from storage.settings import WriterSettings
 
     _logging(verbose)
@@ -240,7 +240,7 @@ def scenario_ids(name: Annotated[str, typer.Argument()] = "county") -> None:
 @app.command()
 def demo(devices: int = 20, rate: float = 50.0) -> None:
     """Start the services and the whole pipeline with a live simulator; Ctrl-C stops cleanly."""
-    from citysense.demo import run_demo
+    from citysense.launch.demo import run_demo
 
     _logging()
     if subprocess.run(["bash", str(SERVICES_SCRIPT), "up"], check=False).returncode != 0:

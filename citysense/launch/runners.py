@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 
 from brokers.base import TopicSpec
-from brokers.kafka import KafkaBus
+from brokers.kafka import KafkaBus, kafka_config
 from brokers.mqtt import MqttClient, MqttConfig
 from citysense.exceptions import ConfigurationError
 from citysense.metrics import Metrics
@@ -52,7 +52,7 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
 
 async def create_topics(settings: CommonSettings) -> None:
     _require(settings.kafka_bootstrap, "KAFKA_BOOTSTRAP")
-    await KafkaBus(settings.kafka_config("citysense-admin")).create_topics(topic_specs(settings))
+    await KafkaBus(kafka_config(settings, "citysense-admin")).create_topics(topic_specs(settings))
 
 
 async def migrate_db(settings: CommonSettings) -> list[int]:
@@ -90,7 +90,7 @@ def build_bridge(settings: BridgeSettings, metrics: Metrics | None = None) -> Br
         ),
         manual_ack=True,
     )
-    producer = KafkaBus(settings.kafka_config("citysense-bridge")).producer()
+    producer = KafkaBus(kafka_config(settings, "citysense-bridge")).producer()
     return Bridge(mqtt, producer, settings.topic_raw, share_group=settings.bridge_share_group,
                   max_batch=settings.bridge_max_batch, metrics=metrics, dlq_topic=settings.topic_dlq)
 
@@ -105,7 +105,7 @@ async def run_bridge(settings: BridgeSettings) -> None:
 
 async def run_normaliser(settings: NormaliserSettings) -> None:
     await create_topics(settings)
-    bus = KafkaBus(settings.kafka_config("citysense-normalise"))
+    bus = KafkaBus(kafka_config(settings, "citysense-normalise"))
     normaliser = Normaliser.from_settings(bus, settings, metrics_for(settings))
     _on_signals(normaliser.request_stop)
     log.info("normaliser: %s -> %s (+ %s)", settings.topic_raw, settings.topic_readings, settings.topic_dlq)
@@ -121,7 +121,7 @@ async def run_writer(settings: WriterSettings) -> None:
         async with pool.connection() as conn:
             await migrations.require_current(conn)
         writer = Writer(
-            KafkaBus(settings.kafka_config("citysense-writer")), ReadingsSink(pool, settings),
+            KafkaBus(kafka_config(settings, "citysense-writer")), ReadingsSink(pool, settings),
             readings_topic=settings.topic_readings, dlq_topic=settings.topic_dlq,
             group=settings.writer_group, max_records=settings.writer_max_records,
             metrics=metrics_for(settings), checkpoint_interval_s=settings.writer_checkpoint_interval_s,
