@@ -36,9 +36,9 @@ async def stored_rules() -> list[RuleRow]:
 
 
 async def load_enabled(conn: Conn) -> tuple[int, list[tuple[Rule, list[Receiver]]]]:
-    """(rules version, enabled rules with their receivers) as one consistent snapshot."""
+    """(rules version, enabled rules with their receivers); the version is read first, so a
+    change in between only makes the next poll load again."""
     async with conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         version = await alert_rules_store.rules_version(conn)
         rows = await alert_rules_store.list_rules(conn, enabled_only=True)
     return version, [from_definition(r.definition) for r in rows]
