@@ -12,6 +12,11 @@ per reading. The clock starts at the first batch handled (the consumer
 group's join is not counted). Bounded: the run stops after ``--timeout`` s.
 
     .venv/bin/python -m loadtests.alerts_bench --devices 100000 --uplinks 200000
+    .venv/bin/python -m loadtests.alerts_bench --live --rate 5000 --duration 10 --crossing-every 200
+
+``--live`` produces at a steady rate (readings stamped with the wall clock)
+and reports the latency from a reading to its 'fired' transition on the
+alerts topic (the Kafka record's timestamp), p50/p99.
 
 The machine running it may be shared: figures are for that machine, that day.
 """
@@ -131,6 +136,79 @@ async def run(args: argparse.Namespace) -> None:
           f"CPU us/uplink {cpu / done * 1e6:.1f}  max RSS {rss:,.0f} MiB  loss {len(records) - done}")
 
 
+async def live(args: argparse.Namespace) -> None:
+    """Reading -> transition-on-the-alerts-topic latency at a steady uplink rate."""
+    import json
+    from datetime import datetime
+
+    common = load_settings(CommonSettings)
+    bus = KafkaBus(KafkaConfig(bootstrap=common.kafka_bootstrap or "", client_id="alerts-bench", linger_ms=5))
+    tag = uuid.uuid4().hex[:8]
+    readings_topic, alerts_topic = f"bench.{tag}.readings", f"bench.{tag}.alerts"
+    await bus.create_topics([TopicSpec(readings_topic, args.partitions), TopicSpec(alerts_topic, 1)])
+    async with scratch_database("alerts_bench") as url:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await migrations.migrate(conn, prefer_timescale=False)
+            await apply_rules(conn, parse(RULES), source="bench", actor="bench")
+        settings = AlertSettings(
+            database_url=url, kafka_bootstrap=common.kafka_bootstrap, topic_readings=readings_topic,
+            topic_alerts=alerts_topic, readings_partitions=args.partitions, alerts_group=f"bench-{tag}",
+            alerts_max_records=args.max_records, alerts_checkpoint_interval_s=args.checkpoint_s)
+        pool = await open_pool(url, max_size=3)
+        engine = AlertEngine(bus, pool, settings, group_wait_s=0)
+        task = asyncio.create_task(engine.run())
+        while not engine.stage.consumer.assignment():
+            await asyncio.sleep(0.05)
+        producer = bus.producer()
+        await producer.start()
+        sent = 0
+        start = time.monotonic()
+        tick = 0.1
+        per_tick = int(args.rate * tick)
+        while time.monotonic() - start < args.duration:
+            now = time.time_ns()
+            batch = []
+            for _ in range(per_tick):
+                dev = f"air-{sent % args.devices:06d}"
+                high = args.crossing_every and sent % args.crossing_every == 0
+                values = (300.0 if high else 30.0, 60.0, 30.0, 80.0, 18.0, 70.0)
+                rs = tuple(Reading(dev, m, now, v, now) for m, v in zip(AIR, values, strict=True))
+                batch.append((dev.encode(), encode(RecordBatch(dev, now, rs))))
+                sent += 1
+            await producer.send_batch(readings_topic, batch)
+            await asyncio.sleep(max(0.0, start + (sent / args.rate) - time.monotonic()))
+        await producer.stop()
+        deadline = time.monotonic() + 30
+        while engine.stage.records_committed < sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2 * args.checkpoint_s + 1)
+        engine.request_stop()
+        await task
+        await pool.close()
+    consumer = bus.consumer([alerts_topic], f"bench-read-{tag}")
+    await consumer.start()
+    latencies: list[float] = []
+    idle = time.monotonic()
+    while time.monotonic() - idle < 3:
+        got = await consumer.getmany(500, 5000)
+        for messages in got.values():
+            for m in messages:
+                body = json.loads(m.value)
+                if body["action"] == "fired" and body["condition"] == "threshold":
+                    t = datetime.fromisoformat(body["device_time"]).timestamp() * 1000
+                    latencies.append(m.timestamp_ms - t)
+            idle = time.monotonic()
+    await consumer.stop()
+    latencies.sort()
+    if not latencies:
+        print("no transitions read back")
+        return
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    print(f"live: {sent:,} uplinks at {args.rate:,}/s for {args.duration:.0f}s, committed "
+          f"{engine.stage.records_committed:,}; reading -> alerts topic over {len(latencies):,} 'fired': "
+          f"p50 {pick(0.5):.0f} ms  p99 {pick(0.99):.0f} ms  max {latencies[-1]:.0f} ms")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=100_000)
@@ -140,7 +218,11 @@ def main() -> None:
     p.add_argument("--checkpoint-s", type=float, default=1.0)
     p.add_argument("--crossing-every", type=int, default=1000, help="every Nth uplink crosses (0: none)")
     p.add_argument("--timeout", type=float, default=180.0)
-    asyncio.run(run(p.parse_args()))
+    p.add_argument("--live", action="store_true", help="latency at a steady rate instead of throughput")
+    p.add_argument("--rate", type=int, default=5000, help="live: uplinks per second")
+    p.add_argument("--duration", type=float, default=10.0, help="live: seconds of traffic")
+    args = p.parse_args()
+    asyncio.run(live(args) if args.live else run(args))
 
 
 if __name__ == "__main__":
