@@ -157,8 +157,11 @@ async def live(args: argparse.Namespace) -> None:
         pool = await open_pool(url, max_size=3)
         engine = AlertEngine(bus, pool, settings, group_wait_s=0)
         task = asyncio.create_task(engine.run())
-        while not engine.stage.consumer.assignment():
-            await asyncio.sleep(0.05)
+        joined = time.monotonic() + 60
+        while not engine.stage.consumer.assignment() and time.monotonic() < joined:
+            if task.done():
+                await task
+            await asyncio.sleep(0.05)  # polling the assignment, bounded
         producer = bus.producer()
         await producer.start()
         sent = 0
@@ -180,7 +183,9 @@ async def live(args: argparse.Namespace) -> None:
         await producer.stop()
         deadline = time.monotonic() + 30
         while engine.stage.records_committed < sent and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            if task.done():
+                break
+            await asyncio.sleep(0.05)  # polling a counter, bounded by the deadline
         await asyncio.sleep(2 * args.checkpoint_s + 1)
         engine.request_stop()
         await task
