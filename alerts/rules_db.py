@@ -8,7 +8,7 @@ from alerts.rules import Receiver, Rule, RuleFile, from_definition, stored_defin
 from alerts.settings import AlertSettings
 from citysense.exceptions import ConfigurationError
 from citysense.settings import load_settings
-from storage import alert_rules_store
+from storage import alert_rules_store, alerts_outbox_sql
 from storage.alert_rules_store import RuleRow
 from storage.db import Conn
 
@@ -42,3 +42,15 @@ async def load_enabled(conn: Conn) -> tuple[int, list[tuple[Rule, list[Receiver]
         version = await alert_rules_store.rules_version(conn)
         rows = await alert_rules_store.list_rules(conn, enabled_only=True)
     return version, [from_definition(r.definition) for r in rows]
+
+
+async def parked_deliveries(limit: int) -> list[tuple[int, str, str, str | None]]:
+    async with await psycopg.AsyncConnection.connect(_url()) as conn:
+        return await alerts_outbox_sql.parked(conn, limit)
+
+
+async def requeue_parked(outbox_ids: list[int]) -> int:
+    async with await psycopg.AsyncConnection.connect(_url()) as conn:
+        count = await alerts_outbox_sql.requeue_parked(conn, outbox_ids)
+        await conn.commit()
+        return count

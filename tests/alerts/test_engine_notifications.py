@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 
 from alerts.delivery import Delivery, signature
@@ -134,3 +135,26 @@ async def test_receiver_down_then_back_gets_everything_in_order_per_device(
         assert actions == ["fired", "escalated", "deescalated", "resolved"]
     keys = [n.headers["idempotency-key"] for n in hook.received]
     assert len(set(keys)) == len(keys)
+
+
+async def test_4xx_is_parked_with_its_reason_and_5xx_gives_up_after_bounded_attempts(
+        pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYSENSE_TEST_WEBHOOK_SECRET", SECRET)
+    s = alert_settings(pipeline_settings, database, deliver_poll_s=0.05, deliver_backoff_base_s=0.05,
+                       deliver_backoff_max_s=0.1, deliver_max_attempts=3)
+    async with WebhookReceiver(status=410) as hook:
+        await setup(kafka_bus, s, rules(hook.url))
+        async with Harness(kafka_bus, s) as h, delivering(s):
+            await h.send([reading("air-0001", "pm25", T0, 80.0)])
+            await wait_for(lambda: hook.attempts >= 1, 10, "the first attempt")
+            hook.status = 503
+            await h.send([reading("air-0002", "pm25", T0, 80.0)])
+            await wait_for(lambda: hook.attempts >= 4, 10, "three attempts at the second")
+            await asyncio.sleep(0.5)
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute("SELECT device_id, state, attempts, last_error FROM alert_outbox ORDER BY 1")
+        rows = await cur.fetchall()
+    assert [(d, st, n) for d, st, n, _ in rows] == [("air-0001", "parked", 1), ("air-0002", "parked", 3)]
+    assert rows[0][3].startswith("HTTP 410") and rows[1][3].startswith("gave up after 3 attempts: HTTP 503")
+    assert hook.attempts == 4
