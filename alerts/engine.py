@@ -24,8 +24,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 import msgspec
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from alerts.directory import ActiveSilence, DeviceInfo, guess, selects
 from alerts.evaluate import evaluate_batch
@@ -41,10 +42,12 @@ from alerts.silence import DeadlineHeap, late_after_ns, next_deadline, on_deadli
 from alerts.state import DeviceState, decode_state, encode_state
 from brokers.base import Bus, Producer, TopicPartition
 from brokers.stage import Batches, ConsumerStage
+from citysense.exceptions import CitysenseError
 from citysense.metrics import Metrics
 from citysense.records import decode_batch
 from storage import alert_rules_store
 from storage import alerts_engine_sql as q
+from storage.db import TRANSIENT
 from storage.exceptions import StorageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class AlertEngine:
                                  incident_window_s=settings.alerts_incident_window_s,
                                  group_wait_s=group_wait_s)
         self._stopping = asyncio.Event()
+        self._publish_lock = asyncio.Lock()
 
     # ---- directory ---------------------------------------------------------------------------
     def info(self, device_id: str) -> DeviceInfo:
@@ -232,17 +236,26 @@ class AlertEngine:
                     await q.save_states(conn, [
                         (d, s.partition, _ts(s.last_seen_ns), encode_state(s))
                         for d in dirty if (s := self.devices.get(d)) is not None])
-            except Exception as exc:
+            except BaseException as exc:
                 for rs, alert_id in saved.values():
                     rs.alert_id = alert_id  # rolled back: the next attempt opens them again
-                if isinstance(exc, StorageUnavailableError | OSError) or "connection" in str(exc).lower():
+                if isinstance(exc, (*TRANSIENT, PoolTimeout)):
                     raise StorageUnavailableError(f"alert checkpoint failed: {exc}") from exc
                 raise
             self._ops, self._dirty = [], set()
             for op in ops:
                 condition = op.compiled.rule.condition.type
                 self.metrics.transitions.labels(op.action, str(op.grade), condition).inc()
-        await publish_pending(self._pool, self._producer, self._settings.topic_alerts)
+        await self.publish()
+
+    async def publish(self) -> None:
+        """Committed transitions to the alerts topic; a failure leaves them for the next try."""
+        async with self._publish_lock:
+            try:
+                self.metrics.published.inc(
+                    await publish_pending(self._pool, self._producer, self._settings.topic_alerts))
+            except (CitysenseError, KafkaError, *TRANSIENT, PoolTimeout) as exc:
+                log.warning("publishing transitions failed (they stay unpublished, retried): %s", exc)
 
     # ---- run ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -263,7 +276,7 @@ class AlertEngine:
     async def tick(self) -> None:
         """Silence deadlines due by now, then a checkpoint if they made transitions."""
         async with self._lock:
-            made = self.check_silence()
+            made = self.check_silence() or bool(self._ops)  # or left over from a failed flush
         if made:
             await self.flush()
 
@@ -274,7 +287,7 @@ class AlertEngine:
                 if time.monotonic() - last_poll >= self._settings.alerts_rules_poll_s:
                     last_poll = time.monotonic()
                     await self.reload()
-                    await publish_pending(self._pool, self._producer, self._settings.topic_alerts)
+                    await self.publish()
                 await self.tick()
             except Exception as exc:  # noqa: BLE001 (the stage's checkpoint retries too; keep ticking)
                 log.warning("alert tick failed (will retry): %s", exc)
