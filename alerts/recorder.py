@@ -88,6 +88,8 @@ class Recorder:
             if not notify or (op.action == "resolved" and await q.cancel_unsent_fire(conn, out.alert_id)):
                 return []
             return alert_rows(op, out, None, op.action, wait if op.action == "fired" else 0.0)
+        if op.action == "repeated":  # a reminder of one member, not the incident again
+            return alert_rows(op, out, site, "repeated", 0.0) if notify else []
         incident_id = out.incident_id
         if op.action == "fired":
             incident_id, event = await q.join_incident(conn, site, out.alert_id, op.grade,
