@@ -97,7 +97,8 @@ async def test_a_rules_rate_limit_holds_back_notifications_beyond_it(
         pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
     s = alert_settings(pipeline_settings, database)
     grades = "    grades: {yellow: 75, red: 150}\n"
-    limited = rules("http://127.0.0.1:9/hook").replace(grades, grades + "    rate_limit: {count: 2, per: 1h}\n")
+    limit = "    rate_limit: {count: 2, per: 1h}\n"
+    limited = rules("http://127.0.0.1:9/hook").replace(grades, grades + limit)
     await setup(kafka_bus, s, limited)
     async with Harness(kafka_bus, s) as h:
         await h.send([RecordBatch(f"air-{i:04d}", T0, (Reading(f"air-{i:04d}", "pm25", T0, 80.0, T0),))
