@@ -27,10 +27,6 @@ services-down: ## stop the local services
 services-status: ## show whether each local service is up
 	bash deploy/local/services.sh status
 
-alerts-bench: $(STAMP) ## alert engine: readings/s and CPU per reading (100,000 devices x 5 rules), then latency
-	$(BIN)/python -m loadtests.alerts_bench
-	$(BIN)/python -m loadtests.alerts_bench --live --rate 5000 --duration 10 --crossing-every 200
-
 test: $(STAMP) services-up ## run every test against the real local services
 	$(BIN)/python -m pytest -rs
 
