@@ -136,13 +136,13 @@ _gen_hex() {
   fi
 }
 
-# Resolve the three secrets: env var of the same name wins, then the value
+# Resolve the secrets: env var of the same name wins, then the value
 # persisted in $SECRETS_FILE, else a fresh random one. The effective values
 # are (re)written to $SECRETS_FILE so later runs reuse them.
 load_secrets() {
   local name cur file_val changed=0
   ensure_dirs "$STATE"
-  for name in CITYSENSE_DB_PASSWORD CITYSENSE_MQTT_BRIDGE_PASSWORD CITYSENSE_DEVICE_SECRET; do
+  for name in CITYSENSE_DB_PASSWORD CITYSENSE_MQTT_BRIDGE_PASSWORD CITYSENSE_MQTT_LOADGEN_PASSWORD CITYSENSE_DEVICE_SECRET; do
     cur="${!name:-}"
     file_val=""
     if [ -r "$SECRETS_FILE" ]; then
@@ -163,6 +163,7 @@ load_secrets() {
     _write_private "$SECRETS_FILE" <<EOF
 CITYSENSE_DB_PASSWORD=$CITYSENSE_DB_PASSWORD
 CITYSENSE_MQTT_BRIDGE_PASSWORD=$CITYSENSE_MQTT_BRIDGE_PASSWORD
+CITYSENSE_MQTT_LOADGEN_PASSWORD=$CITYSENSE_MQTT_LOADGEN_PASSWORD
 CITYSENSE_DEVICE_SECRET=$CITYSENSE_DEVICE_SECRET
 EOF
   fi
@@ -195,6 +196,8 @@ CITYSENSE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 CITYSENSE_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
 CITYSENSE_MQTT_BRIDGE_USERNAME=citysense-bridge
 CITYSENSE_MQTT_BRIDGE_PASSWORD=$CITYSENSE_MQTT_BRIDGE_PASSWORD
+CITYSENSE_MQTT_LOADGEN_USERNAME=citysense-loadgen
+CITYSENSE_MQTT_LOADGEN_PASSWORD=$CITYSENSE_MQTT_LOADGEN_PASSWORD
 CITYSENSE_DEVICE_SECRET=$CITYSENSE_DEVICE_SECRET"
   # Skip the rewrite when nothing changed (keeps the fast path fast and the
   # file's mtime stable for anything watching it).
