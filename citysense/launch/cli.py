@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from citysense.logs import install as install_log_rate_limit
 from citysense.settings import PROJECT_ROOT, CommonSettings, load_settings
 from ingest.dlq.cli import dlq_app
 
@@ -36,6 +37,7 @@ def _logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    install_log_rate_limit()  # a Kafka outage must not log thousands of lines a second
 
 
 def _services(verb: str, names: list[str] | None) -> None:
