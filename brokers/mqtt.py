@@ -50,13 +50,22 @@ class MqttConfig:
     keepalive_s: int = 30
     max_inflight: int = 1000
     max_unacked_inbound: int = 5000
+    # mqtts:// : the CA that signed the broker's certificate (None: the system's CAs), and an
+    # optional client certificate + key.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme in ("mqtts", "ssl")
 
     @property
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise BrokerError(f"unsupported MQTT URL scheme in {self.url!r} (use mqtt://host:port)")
-        return parts.hostname or "127.0.0.1", parts.port or 1883
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise BrokerError(f"unsupported MQTT URL scheme in {self.url!r} (use mqtt:// or mqtts://host:port)")
+        return parts.hostname or "127.0.0.1", parts.port or (8883 if self.tls else 1883)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +118,9 @@ class MqttClient:
         )
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password)
+        if self.config.tls:  # verifies the broker's certificate and host name
+            client.tls_set(ca_certs=self.config.ca_file, certfile=self.config.cert_file,
+                           keyfile=self.config.key_file)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect

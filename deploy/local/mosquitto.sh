@@ -17,6 +17,9 @@ ACL="$MDIR/acl"
 # --- auth (h2): dynamic security checks SUBSCRIBE and binds device client ids ---
 DYNSEC="$MDIR/dynamic-security.json"
 # --- end auth ---
+# --- tls (h2): a local CA and a server certificate for the devices' TLS listener ---
+TLS_DIR="$MDIR/tls"
+# --- end tls ---
 PIDFILE="$MDIR/mosquitto.pid"
 LOG="$LOGS/mosquitto.log"
 # Extra device ids (one per line) to include in the passwd file on `up`.
@@ -27,7 +30,44 @@ svc_install() {
   if [ ! -x "$MOSQ" ]; then
     apt_install mosquitto
   fi
+  if ! command -v openssl >/dev/null 2>&1; then
+    apt_install openssl
+  fi
 }
+
+# --- tls (h2) ---
+# A CA of this machine (kept across runs: devices trust it) and a server certificate for
+# 127.0.0.1/localhost signed by it. Devices verify the broker with ca.crt (CITYSENSE_MQTT_CA_FILE)
+# and log in with their password over TLS. Only made when missing.
+ensure_tls() {
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  if [ ! -s "$TLS_DIR/ca.crt" ] || [ ! -s "$TLS_DIR/ca.key" ]; then
+    info "mosquitto: creating a local CA in $TLS_DIR"
+    rm -f "$TLS_DIR/server.crt"
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=citysense local CA" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      >/dev/null 2>&1) || die "mosquitto: openssl could not create the CA"
+  fi
+  if [ ! -s "$TLS_DIR/server.crt" ] || [ ! -s "$TLS_DIR/server.key" ]; then
+    local ext="$TLS_DIR/server.ext"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" \
+      "keyUsage=critical,digitalSignature" >"$ext"
+    (umask 077 && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+      -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" >/dev/null 2>&1 \
+      && openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 825 -extfile "$ext" -out "$TLS_DIR/server.crt" >/dev/null 2>&1) \
+      || die "mosquitto: openssl could not create the server certificate"
+    rm -f "$TLS_DIR/server.csr" "$ext"
+  fi
+  chmod 644 "$TLS_DIR/ca.crt" "$TLS_DIR/server.crt"
+  chmod 600 "$TLS_DIR/ca.key" "$TLS_DIR/server.key"
+  # ca.crt must be readable by clients that are not root (the CA key stays private).
+  chmod 711 "$MDIR" "$TLS_DIR"
+  if is_root; then chown "$OSUSER:$OSUSER" "$TLS_DIR" "$TLS_DIR/server.key" "$TLS_DIR/server.crt"; fi
+}
+# --- end tls ---
 
 is_up() { daemon_up "$PIDFILE" mosquitto "$MQTT_PORT"; }
 
@@ -65,6 +105,23 @@ plugin_opt_config_file $DYNSEC
 password_file $PASSWD
 acl_file $ACL
 # --- end auth ---
+# --- tls (h2): devices over TLS (server certificate from the local CA; password login) ---
+listener $MQTT_TLS_PORT 127.0.0.1
+cafile $TLS_DIR/ca.crt
+certfile $TLS_DIR/server.crt
+keyfile $TLS_DIR/server.key
+tls_version tlsv1.2
+# Devices with a client certificate from the local CA: the certificate's CN is the username
+# (no password) AND the client id, so the ACL and the client-id binding hold as for passwords.
+listener $MQTT_TLS_CERT_PORT 127.0.0.1
+cafile $TLS_DIR/ca.crt
+certfile $TLS_DIR/server.crt
+keyfile $TLS_DIR/server.key
+tls_version tlsv1.2
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
+# --- end tls ---
 max_inflight_messages 1000
 max_queued_messages 100000
 # Larger PUBLISH packets are refused (the client is disconnected). Well under Kafka's 1 MiB
@@ -85,13 +142,14 @@ EOF
     CITYSENSE_DEVICE_SECRET="$CITYSENSE_DEVICE_SECRET" \
     python3 "$LOCAL_DIR/mqtt_passwd.py" --out "$PASSWD" --acl-out "$ACL" --dynsec-out "$DYNSEC" "${extra[@]}"
   fix_ownership
+  ensure_tls
 }
 
 svc_up() {
   if is_up; then
     # --- auth (h2): a broker started by an older script has no dynamic security: restart it ---
-    if ! grep -q '^plugin_opt_config_file ' "$CONF" 2>/dev/null; then
-      warn "mosquitto: running without dynamic security (older config); restarting it"
+    if ! grep -q '^plugin_opt_config_file ' "$CONF" 2>/dev/null || ! grep -q '^use_identity_as_username ' "$CONF"; then
+      warn "mosquitto: running without dynamic security or TLS (older config); restarting it"
       svc_down
       svc_up
       return 0
@@ -105,6 +163,8 @@ svc_up() {
     die "mosquitto: our broker (pid $pid) is running but not listening on port $MQTT_PORT (started with another port?); run '$0 down' first"
   fi
   require_port_free "$MQTT_PORT" mosquitto CITYSENSE_MQTT_PORT
+  require_port_free "$MQTT_TLS_PORT" "mosquitto TLS" CITYSENSE_MQTT_TLS_PORT
+  require_port_free "$MQTT_TLS_CERT_PORT" "mosquitto TLS (client certificates)" CITYSENSE_MQTT_TLS_CERT_PORT
   svc_install
   ensure_dirs
   write_config
