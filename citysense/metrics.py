@@ -49,7 +49,7 @@ class Metrics:
         )
         # The bridge's canary through its shared subscription (ingest/canary.py).
         self.bridge_canaries = Counter(
-            f"{prefix}_bridge_canaries", "Bridge canaries by outcome (sent, returned, lost, echoed)",
+            f"{prefix}_bridge_canaries", "Bridge canaries by outcome (sent, returned, lost, unsent, echoed)",
             ["outcome"], registry=r,
         )
 

@@ -134,15 +134,27 @@ class Bridge:
             self._mqtt.ack(control)
         return uplinks
 
-    def _publish_quietly(self, topic: str, payload: bytes) -> None:
+    def _publish_quietly(self, topic: str, payload: bytes) -> asyncio.Future[None]:
         fut = self._mqtt.publish(topic, payload, qos=1)
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a lost canary is what we measure
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a lost echo is what we measure
+        return fut
+
+    def _canary_unsent(self, payload: bytes, fut: asyncio.Future[None]) -> None:
+        # Refused by the broker (an ACL without the bridge's canary rights) or not connected: it
+        # never reached the group, so it is not evidence of a competitor.
+        if fut.cancelled() or fut.exception() is None:
+            return
+        if self.canary.returned(payload):
+            self._count_canary("unsent")
+            log.warning("canary on %s not sent: %s", self._canary_topic, fut.exception())
 
     def _canary_tick(self) -> None:
         now = time.monotonic()
         if now >= self._next_canary:
             self._next_canary = now + self._canary_interval_s
-            self._publish_quietly(self._canary_topic, self.canary.next_payload())
+            payload = self.canary.next_payload()
+            fut = self._publish_quietly(self._canary_topic, payload)
+            fut.add_done_callback(lambda f: self._canary_unsent(payload, f))
             self._count_canary("sent")
         lost = self.canary.expire()
         if lost:
