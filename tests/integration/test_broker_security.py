@@ -16,7 +16,9 @@ import pytest
 from brokers.exceptions import BrokerError
 from brokers.mqtt import MqttClient, MqttConfig
 from citysense.credentials import device_password
+from citysense.settings import CommonSettings
 from tests.conftest import ServiceEnv
+from tests.integration.pipeline import running_pipeline, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -176,3 +178,32 @@ async def test_wrong_device_password_is_refused(service_env: ServiceEnv) -> None
     await dev.stop()
     assert time.monotonic() - started < 15
     await asyncio.sleep(0)
+
+
+async def test_real_bridge_forwards_every_uplink_while_a_device_tries_to_join_its_group(
+    service_env: ServiceEnv, pipeline_settings: CommonSettings, unique: str,
+) -> None:
+    """End to end with the real bridge and Kafka: exact count on the raw topic, no canary in it."""
+    group = f"test-{unique}"
+    hostile = device_client(service_env, "air-0091", session_expiry_s=300)
+    async with running_pipeline(pipeline_settings, bridge_user=service_env.bridge_username,
+                                bridge_password=service_env.bridge_password, database_url=None,
+                                share_group=group) as p:
+        await hostile.start()
+        try:
+            for topic_filter in (f"$share/{group}/devices/+/+/up", "$share/citysense-bridge/devices/+/+/up"):
+                with pytest.raises(BrokerError, match="subscription refused"):
+                    await hostile.subscribe(topic_filter, qos=1)
+            await publish_uplinks(service_env, "air-0090", UPLINKS)
+
+            async def all_forwarded() -> bool:
+                return p.bridge.forwarded >= UPLINKS
+
+            await wait_until(all_forwarded, 30, f"{UPLINKS} uplinks forwarded")
+            await asyncio.sleep(1.0)  # anything extra would show up now
+        finally:
+            await hostile.stop()
+            wipe = device_client(service_env, "air-0091")
+            await wipe.start()
+            await wipe.stop()
+        assert p.bridge.forwarded == UPLINKS and p.bridge.canaries_lost == 0
