@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 CANARY_KIND = "_canary"  # never a device kind: devices may not publish under it (broker ACL)
 ECHO_ROOT = "citysense/bridge/canary-seen"
+_CANARY_PREFIX = f"devices/{CANARY_KIND}/"
 
 
 def canary_topic(client_id: str) -> str:
@@ -38,6 +39,8 @@ def echo_topic(client_id: str) -> str:
 
 def canary_origin(topic: str) -> str | None:
     """The sending bridge's client id if ``topic`` is a canary topic."""
+    if not topic.startswith(_CANARY_PREFIX):  # the bridge asks this of every uplink: keep it cheap
+        return None
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != "devices" or parts[1] != CANARY_KIND or parts[3] != "up":
         return None
