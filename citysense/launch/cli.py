@@ -232,11 +232,11 @@ def scenario_export(
 
 @scenario_app.command("ids")
 def scenario_ids(name: Annotated[str, typer.Argument()] = "county") -> None:
-    """Print the scenario's device ids, one a line (for mqtt_passwd.py --devices-file)."""
+    """Print the scenario's devices, '<kind> <id>' a line (the broker's devices.txt format)."""
     from simulators.scenario_registry import export_scenario
 
     for device in export_scenario(name, None)["devices"]:
-        typer.echo(device["device_id"])
+        typer.echo(f"{device['kind']} {device['device_id']}")
 
 
 @app.command()
