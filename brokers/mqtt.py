@@ -43,6 +43,9 @@ class MqttConfig:
     keepalive_s: int = 30
     max_inflight: int = 1000
     max_unacked_inbound: int = 5000
+    # paho's reconnect back-off doubles up to this; its default (120 s) would leave a bridge away
+    # for minutes after a broker restart while its queue grows.
+    reconnect_max_s: int = 5
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -97,6 +100,7 @@ class MqttClient:
             client.username_pw_set(self.config.username, self.config.password)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=self.config.reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -225,7 +229,10 @@ class MqttClient:
         client = self._require()
         assert self._loop is not None
         info = client.publish(topic, payload, qos=qos)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        # While disconnected paho keeps a QoS 1 message and sends it after the reconnect: its PUBACK
+        # will settle the future, like any other (an at-least-once device re-sends, it does not give up).
+        queued = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not queued:
             fut: asyncio.Future[None] = self._loop.create_future()
             fut.set_exception(BrokerUnavailableError(f"publish to {topic}: {paho.error_string(info.rc)}"))
             return fut
