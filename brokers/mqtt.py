@@ -19,7 +19,7 @@ import collections
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -83,7 +83,14 @@ class MqttClient:
         self._closing = False
         self._subscriptions: list[tuple[str, int]] = []
         self._subacks: dict[int, asyncio.Future[None]] = {}
+        self._side_handlers: dict[str, Callable[[str, bytes], None]] = {}
         self.disconnects = 0
+
+    def on_side_messages(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Send QoS 0 messages matching ``topic_filter`` (status topics such as ``$SYS/#``) to
+        ``handler`` on the event loop, outside the bounded inbox: they are never acknowledged and
+        never hold paho's thread while the inbox is full. Call before ``start()``."""
+        self._side_handlers[topic_filter] = handler
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -106,6 +113,8 @@ class MqttClient:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        for topic_filter in self._side_handlers:
+            client.message_callback_add(topic_filter, self._on_side_message)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.config.session_expiry_s:
             props.SessionExpiryInterval = self.config.session_expiry_s
@@ -201,6 +210,13 @@ class MqttClient:
         if not self._inbox_wake_scheduled and self._loop is not None:
             self._inbox_wake_scheduled = True
             self._loop.call_soon_threadsafe(self._wake_inbox)
+
+    def _on_side_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._loop is None or self._closing:
+            return
+        for topic_filter, handler in self._side_handlers.items():
+            if paho.topic_matches_sub(topic_filter, message.topic):
+                self._loop.call_soon_threadsafe(handler, message.topic, bytes(message.payload))
 
     # -- event-loop side ----------------------------------------------------
     def _drain_acks(self) -> None:

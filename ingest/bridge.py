@@ -5,6 +5,10 @@ several bridges split the load), wraps each PUBLISH in an envelope keyed by
 device id, produces it to the raw topic, and only then sends the PUBACK.
 A bridge that dies between the two loses nothing: the broker redelivers
 what was never acknowledged.
+
+It also follows the broker's ``$SYS`` drop counter (``broker_stats``), the
+one trace of uplinks the broker acknowledged and then dropped from a full
+bridge queue.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from brokers.exceptions import BrokerError
 from brokers.mqtt import InboundMessage, MqttClient
 from citysense.metrics import Metrics
 from citysense.records import DeadLetter, Envelope, encode
+from ingest.broker_stats import SYS_TOPICS, BrokerStats
 from ingest.codecs.base import OVERSIZE
 from ingest.dlq import MAX_ORIGINAL_BYTES
 from ingest.topics import UPLINK_FILTER, parse_uplink_topic
@@ -67,6 +72,10 @@ class Bridge:
         self.ready = asyncio.Event()  # set once subscribed: nothing published after is missed
         self.forwarded = 0
         self.dead_letters = 0
+        self.broker_stats = BrokerStats()
+        if metrics is not None:
+            metrics.registry.register(self.broker_stats)
+        mqtt.on_side_messages("$SYS/#", self.broker_stats.update)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -76,6 +85,7 @@ class Bridge:
         await self._mqtt.start()
         try:
             await self._mqtt.subscribe(self._subscription, qos=1)
+            await self._follow_broker_stats()
             self.ready.set()
             log.info("subscribed to %s", self._subscription)
             while not self._stopping.is_set():
@@ -85,6 +95,13 @@ class Bridge:
         finally:
             await self._mqtt.stop()  # unacknowledged messages stay with the broker
             await self._producer.stop()
+
+    async def _follow_broker_stats(self) -> None:
+        for topic in SYS_TOPICS:
+            try:
+                await self._mqtt.subscribe(topic, qos=0)
+            except (BrokerError, TimeoutError) as exc:
+                log.warning("cannot follow %s (broker drops will not be counted): %s", topic, exc)
 
     async def _forward(self, batch: list[InboundMessage]) -> None:
         records: list[tuple[bytes, bytes]] = []

@@ -132,7 +132,8 @@ EOF
 GATED=0
 gate_close() {
   GATED=0
-  [ "$BRIDGE_GATE_S" -gt 0 ] && [ -f "$DB_FILE" ] || return 0
+  # Only when a bridge session was persisted (its account name is in the snapshot).
+  [ "$BRIDGE_GATE_S" -gt 0 ] && grep -qa citysense-bridge "$DB_FILE" 2>/dev/null || return 0
   cp -p "$PASSWD" "$PASSWD.open"
   grep '^citysense-bridge:' "$PASSWD.open" >"$PASSWD" || true
   fix_ownership
