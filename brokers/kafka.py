@@ -26,9 +26,11 @@ from aiokafka.errors import (
     IllegalGenerationError,
     KafkaConnectionError,
     KafkaError,
+    OutOfOrderSequenceNumber,
     RebalanceInProgressError,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    UnknownProducerId,
 )
 from aiokafka.partitioner import murmur2
 
@@ -111,6 +113,7 @@ class KafkaProducer:
     def __init__(self, config: KafkaConfig) -> None:
         self._config = config
         self._producer: AIOKafkaProducer | None = None
+        self._restart_pending = False  # restarted after a broken sequence, not running yet
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -130,8 +133,10 @@ class KafkaProducer:
             await producer.stop()
             raise BrokerUnavailableError(f"Kafka at {self._config.bootstrap}: {exc}") from exc
         self._producer = producer
+        self._restart_pending = False
 
     async def stop(self) -> None:
+        self._restart_pending = False
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()  # flushes what is pending
@@ -144,6 +149,8 @@ class KafkaProducer:
         Batches of one partition are queued in order, so per-key order holds;
         ``add_batch`` waits while the accumulator is full (backpressure).
         """
+        if self._producer is None and self._restart_pending:
+            await self.start()  # BrokerUnavailableError (retriable) while Kafka is still away
         producer = self._producer
         if producer is None:
             raise NotStartedError("KafkaProducer.send_batch before start()")
@@ -169,9 +176,27 @@ class KafkaProducer:
                 if batch.record_count():
                     futures.append(await producer.send_batch(batch, topic, partition=p))
             await asyncio.gather(*futures)
+        except (OutOfOrderSequenceNumber, UnknownProducerId) as exc:
+            # The idempotent producer's sequence broke: batches that expired during a long outage
+            # (longer than the request timeout) left a gap. aiokafka cannot bump the epoch (the
+            # Java client's KIP-360), so start a new producer (a new producer id) and let the
+            # caller send again: at-least-once, and the consumers downstream are idempotent.
+            await self._restart(producer)
+            raise BrokerUnavailableError(f"produce to {topic} failed, producer restarted: {exc!r}") from exc
         except KafkaError as exc:
             error = BrokerUnavailableError if exc.retriable else BrokerError
             raise error(f"produce to {topic} failed: {exc!r}") from exc
+
+    async def _restart(self, producer: AIOKafkaProducer) -> None:
+        current = self._producer
+        if current is None or current is not producer:
+            return  # a concurrent send restarted it already
+        self._producer = None
+        self._restart_pending = True
+        with contextlib.suppress(KafkaError, asyncio.TimeoutError):
+            await asyncio.wait_for(current.stop(), 10)
+        with contextlib.suppress(BrokerUnavailableError):
+            await self.start()
 
     async def _partitions(self, producer: AIOKafkaProducer, topic: str) -> list[int]:
         parts = await producer.partitions_for(topic)  # cached metadata; fetched when missing

@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.faults.harness import Accounting
+from brokers.kafka import KafkaBus
+from citysense.settings import CommonSettings
+from tests.conftest import ROOT, ServiceEnv
+from tests.faults.harness import Accounting, Scenario
+from tests.integration.pipeline import create_topics
 
 _ROWS: list[Accounting] = []
 _COLUMNS = ("scenario", "published", "acknowledged", "stored", "lost", "duplicates", "dead_lettered",
-            "recovery_s")
+            "recovery_s", "note")
 
 
 @pytest.fixture
@@ -36,6 +39,20 @@ def logs_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "logs"
     path.mkdir()
     yield path
+
+
+@pytest.fixture
+async def make_scenario(
+    service_env: ServiceEnv, pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str,
+    unique: str, logs_dir: Path,
+) -> Callable[..., Scenario]:
+    """Scenarios on fresh topics and a fresh database."""
+    await create_topics(kafka_bus, pipeline_settings)
+
+    def make(name: str, **options: Any) -> Scenario:
+        return Scenario(name, service_env, pipeline_settings, database, unique, logs_dir, **options)
+
+    return make
 
 
 def _table(rows: list[Accounting]) -> str:

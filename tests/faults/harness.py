@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,25 @@ def service(name: str, verb: str, *, timeout_s: float = 180, env: dict[str, str]
 
 
 # -- stages as child processes ----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int, name: str, **labels: str) -> float:
+    """One sample from a stage's /metrics (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 @dataclass
 class StageProcess:
     """One ``citysense <command>`` child; stderr goes to a log file (read on failure)."""
@@ -127,13 +148,14 @@ class Pipeline:
 
     @classmethod
     def build(cls, env: ServiceEnv, s: CommonSettings, database_url: str, unique: str, logs: Path,
-              *, bridges: int = 1, **extra: str) -> Pipeline:
+              *, bridges: int = 1, bridge_metrics: bool = False, **extra: str) -> Pipeline:
         base = stage_env(env, s, database_url, unique, **extra)
-        bridge_procs = [
-            StageProcess("bridge", {**base, "CITYSENSE_BRIDGE_CLIENT_ID": f"fault-bridge-{unique}-{i}"},
-                         logs / f"bridge-{i}.log")
-            for i in range(bridges)
-        ]
+        bridge_procs = []
+        for i in range(bridges):
+            own = {"CITYSENSE_BRIDGE_CLIENT_ID": f"fault-bridge-{unique}-{i}"}  # own id, own session
+            if bridge_metrics:
+                own["CITYSENSE_METRICS_PORT"] = str(free_port())
+            bridge_procs.append(StageProcess("bridge", {**base, **own}, logs / f"bridge-{i}.log"))
         return cls(bridge_procs, StageProcess("normalise", base, logs / "normaliser.log"),
                    StageProcess("write", base, logs / "writer.log"))
 
@@ -279,6 +301,28 @@ async def dead_lettered(bootstrap: str, topic: str) -> int:
     return sum(ends[tp] - starts[tp] for tp in tps)
 
 
+async def topic_and_group_offsets(bootstrap: str, topic: str, group: str) -> tuple[int, int]:
+    """(sum of the topic's end offsets, sum of the group's committed offsets on it)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return sum(ends.values()), sum(m.offset for tp, m in committed.items() if tp.topic == topic)
+
+
 @dataclass(frozen=True)
 class Accounting:
     scenario: str
@@ -289,6 +333,7 @@ class Accounting:
     duplicates: int    # rows beyond one per uplink reading
     dead_lettered: int
     recovery_s: float  # fault cleared -> everything acknowledged until then stored
+    note: str = ""
 
     def as_row(self) -> dict[str, object]:
         return asdict(self)
@@ -310,3 +355,66 @@ async def account(scenario: str, devices: Devices, database_url: str, s: CommonS
         dead_lettered=await dead_lettered(s.kafka_bootstrap, s.topic_dlq),
         recovery_s=round(recovery_s, 1),
     )
+
+
+# -- one scenario ---------------------------------------------------------------------------------
+Fault = Callable[[Pipeline], Awaitable[None]]
+
+
+@dataclass
+class Scenario:
+    """Devices publish at a steady rate through the whole pipeline; ``fault`` runs ``fault_at_s``
+    into the stream and returns once the fault is cleared (service back, stage restarted)."""
+
+    name: str
+    env: ServiceEnv
+    settings: CommonSettings
+    database_url: str
+    unique: str
+    logs: Path
+    devices: int = 40
+    uplinks_per_device: int = 150
+    rate: float = 400.0
+    fault_at_s: float = 4.0
+    bridges: int = 1
+    bridge_metrics: bool = False
+    stage_env: dict[str, str] = field(default_factory=dict)
+    pipeline: Pipeline | None = None
+    before_stop: Fault | None = None  # e.g. scrape the stages' metrics
+
+    async def run(self, fault: Fault) -> Accounting:
+        s = self.settings
+        pipeline = self.pipeline = Pipeline.build(self.env, s, self.database_url, self.unique, self.logs,
+                                                  bridges=self.bridges, bridge_metrics=self.bridge_metrics,
+                                                  **self.stage_env)
+        devices = Devices(self.env.mqtt_url, self.env.device_secret, air_device_ids(self.devices))
+        minute = 60 * 10**9
+        start_ns = (time.time_ns() // minute - self.uplinks_per_device - int(self.unique[:3], 16)) * minute
+        plan = interleaved_air_uplinks(air_device_ids(self.devices), self.uplinks_per_device, 5, start_ns)
+        await pipeline.start()
+        await devices.start()
+        try:
+            publishing = asyncio.create_task(devices.publish(plan, self.rate))
+            await asyncio.sleep(self.fault_at_s)
+            assert not publishing.done(), "the stream ended before the fault"
+            await fault(pipeline)
+            # Recovery: from the fault's end until all that was acknowledged by then is stored.
+            recovering = asyncio.create_task(settle(self.database_url, set(devices.acked), 120))
+            await asyncio.wait_for(publishing, 300)
+            recovery = await recovering
+            await settle(self.database_url, devices.acked, 120)
+            row = await account(self.name, devices, self.database_url, s, recovery)
+            if self.before_stop is not None:
+                await self.before_stop(pipeline)
+        finally:
+            await devices.stop()
+            pipeline.stop()
+        return row
+
+
+def assert_exact(row: Accounting, scenario: Scenario) -> None:
+    """Every uplink acknowledged, every acknowledged uplink stored once, nothing dead-lettered."""
+    logs = scenario.pipeline.diagnostics() if scenario.pipeline else ""
+    assert row.acknowledged == row.published, logs
+    assert (row.lost, row.duplicates, row.dead_lettered) == (0, 0, 0), logs
+    assert row.recovery_s >= 0, logs

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from citysense.records import decode_envelope
 from ingest.bridge import Bridge
 from simulators.air import air_device_ids
 from tests.conftest import read_env_file
-from tests.faults.harness import Devices, air_plan, service, wait_for
+from tests.faults.harness import Devices, air_plan, free_port, service, wait_for
 from tests.integration.test_bridge_backpressure import StalledProducer
 
 pytestmark = [pytest.mark.services, pytest.mark.faults]
@@ -33,18 +32,12 @@ HELD_BY_BRIDGE = 50
 UPLINKS = 400
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def small_queue_broker() -> Iterator[dict[str, str]]:
     # Not under pytest's private tmp dir: as root the broker runs as `mosquitto` and must reach it.
     state = Path(tempfile.mkdtemp(prefix="citysense-mqtt-"))
     state.chmod(0o755)
-    env = {"CITYSENSE_STATE_DIR": str(state), "CITYSENSE_MQTT_PORT": str(_free_port()),
+    env = {"CITYSENSE_STATE_DIR": str(state), "CITYSENSE_MQTT_PORT": str(free_port()),
            "CITYSENSE_MQTT_QUEUE_MESSAGES": str(QUEUE), "CITYSENSE_MQTT_SYS_INTERVAL_S": "1"}
     service("mosquitto", "up", env=env)
     try:
