@@ -50,6 +50,8 @@ class KafkaConfig:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 120_000
+    # Of the topics create_topics makes (a cluster: 3, with min.insync.replicas 2 on the brokers).
+    replication_factor: int = 1
 
 
 class KafkaBus:
@@ -75,7 +77,8 @@ class KafkaBus:
             await admin.start()
             existing = set(await admin.list_topics())
             new = [
-                NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1)
+                NewTopic(name=t.name, num_partitions=t.partitions,
+                         replication_factor=self.config.replication_factor)
                 for t in topics
                 if t.name not in existing
             ]
@@ -320,5 +323,6 @@ def kafka_config(settings: CommonSettings, client_id: str) -> KafkaConfig:
     if not settings.kafka_bootstrap:
         raise ValueError("CITYSENSE_KAFKA_BOOTSTRAP is not set")
     return KafkaConfig(
-        bootstrap=settings.kafka_bootstrap, client_id=client_id, linger_ms=settings.kafka_linger_ms
+        bootstrap=settings.kafka_bootstrap, client_id=client_id, linger_ms=settings.kafka_linger_ms,
+        replication_factor=settings.kafka_replication_factor,
     )

@@ -50,7 +50,8 @@ async def make_scenario(
     await create_topics(kafka_bus, pipeline_settings)
 
     def make(name: str, **options: Any) -> Scenario:
-        return Scenario(name, service_env, pipeline_settings, database, unique, logs_dir, **options)
+        settings = options.pop("settings", pipeline_settings)
+        return Scenario(name, service_env, settings, database, unique, logs_dir, **options)
 
     return make
 
@@ -58,8 +59,9 @@ async def make_scenario(
 def _table(rows: list[Accounting]) -> str:
     cells = [list(_COLUMNS), *[[str(r.as_row()[c]) for c in _COLUMNS] for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    lines = [" | ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths,
-                                                                                        strict=True)))
+    left = (0, len(_COLUMNS) - 1)  # scenario and note
+    lines = [" | ".join(v.ljust(w) if i in left else v.rjust(w)
+                        for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -33,13 +33,15 @@ AIR_METRICS = 6
 
 
 # -- services -------------------------------------------------------------------------------------
-def service(name: str, verb: str, *, timeout_s: float = 180, env: dict[str, str] | None = None) -> None:
+def service(name: str, verb: str, *args: str, timeout_s: float = 180,
+            env: dict[str, str] | None = None) -> str:
     """``deploy/local/<name>.sh <verb>`` with this process's environment (ports, state directory)."""
-    result = subprocess.run(["bash", str(ROOT / f"deploy/local/{name}.sh"), verb],
+    result = subprocess.run(["bash", str(ROOT / f"deploy/local/{name}.sh"), verb, *args],
                             capture_output=True, text=True, timeout=timeout_s, check=False,
                             env={**os.environ, **(env or {})})
     if result.returncode != 0:
         raise AssertionError(f"{name}.sh {verb} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
 
 
 # -- stages as child processes ----------------------------------------------------------------------
