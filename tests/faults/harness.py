@@ -393,9 +393,9 @@ class Scenario:
         minute = 60 * 10**9
         start_ns = (time.time_ns() // minute - self.uplinks_per_device - int(self.unique[:3], 16)) * minute
         plan = interleaved_air_uplinks(air_device_ids(self.devices), self.uplinks_per_device, 5, start_ns)
-        await pipeline.start()
-        await devices.start()
         try:
+            await pipeline.start()
+            await devices.start()
             publishing = asyncio.create_task(devices.publish(plan, self.rate))
             await asyncio.sleep(self.fault_at_s)
             assert not publishing.done(), "the stream ended before the fault"
