@@ -219,11 +219,10 @@ class Devices:
     published: int = 0
 
     def __post_init__(self) -> None:
-        run = os.urandom(3).hex()
         self._clients = {
             d: MqttClient(MqttConfig(url=self.mqtt_url, username=d,
                                      password=device_password(self.device_secret, d),
-                                     client_id=f"fault-{d}-{run}", reconnect_max_s=2))
+                                     client_id=d, reconnect_max_s=2))  # the broker binds client id = device id
             for d in self.device_ids
         }
 
