@@ -222,7 +222,7 @@ class Devices:
         self._clients = {
             d: MqttClient(MqttConfig(url=self.mqtt_url, username=d,
                                      password=device_password(self.device_secret, d),
-                                     client_id=d, reconnect_max_s=2))  # the broker binds client id = device id
+                                     client_id=d, reconnect_max_s=2))  # bound to the id by the broker
             for d in self.device_ids
         }
 
