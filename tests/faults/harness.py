@@ -410,7 +410,21 @@ class Scenario:
         finally:
             await devices.stop()
             pipeline.stop()
+            await forget_sessions(self.env, [b.env["CITYSENSE_BRIDGE_CLIENT_ID"] for b in pipeline.bridges])
         return row
+
+
+async def forget_sessions(env: ServiceEnv, client_ids: Sequence[str]) -> None:
+    """End the bridges' persistent sessions: left alone, each would keep queueing every later
+    test's uplinks (its shared subscription matches them) until it expires."""
+    for client_id in client_ids:
+        client = MqttClient(MqttConfig(url=env.mqtt_url, username=env.bridge_username,
+                                       password=env.bridge_password, client_id=client_id,
+                                       clean_start=True, session_expiry_s=0))
+        try:
+            await client.start()
+        finally:
+            await client.stop()
 
 
 def assert_exact(row: Accounting, scenario: Scenario) -> None:

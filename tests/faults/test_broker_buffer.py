@@ -38,6 +38,7 @@ def small_queue_broker() -> Iterator[dict[str, str]]:
     state = Path(tempfile.mkdtemp(prefix="citysense-mqtt-"))
     state.chmod(0o755)
     env = {"CITYSENSE_STATE_DIR": str(state), "CITYSENSE_MQTT_PORT": str(free_port()),
+           "CITYSENSE_MQTT_TLS_PORT": str(free_port()), "CITYSENSE_MQTT_TLS_CERT_PORT": str(free_port()),
            "CITYSENSE_MQTT_QUEUE_MESSAGES": str(QUEUE), "CITYSENSE_MQTT_SYS_INTERVAL_S": "1"}
     service("mosquitto", "up", env=env)
     try:
