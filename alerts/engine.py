@@ -33,6 +33,7 @@ from alerts.notify import device_time
 from alerts.publisher import Publisher
 from alerts.recorder import Recorder
 from alerts.repeats import Repeats
+from alerts.retire import REMOVED, retire, retire_all
 from alerts.rules import Silence
 from alerts.rules_db import load_enabled
 from alerts.settings import AlertSettings
@@ -95,6 +96,9 @@ class AlertEngine:
             found = self._applicable[device_id] = [c for c in self.rules if selects(c.rule.selector, d)]
         return found
 
+    def _rule_ids(self, device_id: str) -> set[str]:
+        return {c.rule.id for c in self.rules_for(device_id)}
+
     async def reload(self) -> bool:
         """Load rules, silences and the registry if the rules version changed."""
         async with self._pool.connection() as conn:
@@ -113,7 +117,11 @@ class AlertEngine:
             self._applicable.clear()
             self.recorder.silence_rule_ids = frozenset(
                 c.rule.id for c in self.rules if isinstance(c.rule.condition, Silence))
+            self._ops += retire_all(self.devices, self._rule_ids, self._by_id, self.clock())
             self._watch(set(self.devices), self._owned_partitions())
+        await self.flush()  # this engine's own transitions of the old rules first, then close the rest
+        async with self._pool.connection() as conn, conn.transaction():
+            await q.resolve_rules_gone(conn, list(self._by_id), REMOVED)
         log.info("alert rules version %d: %d rules, %d registered devices", version, len(rules), len(devices))
         return True
 
@@ -130,7 +138,8 @@ class AlertEngine:
             rows = await self._load_states(sorted(partitions))
             for device_id, blob in rows:
                 if device_id not in self.devices:
-                    self.devices[device_id] = decode_state(blob)
+                    ds = self.devices[device_id] = decode_state(blob)
+                    self._ops += retire(device_id, ds, self._rule_ids(device_id), self._by_id, self.clock())
             self._watch(set(self.devices), partitions)
         log.info("alerts: partitions %s assigned, %d device states loaded", sorted(partitions), len(rows))
 

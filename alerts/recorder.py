@@ -76,7 +76,8 @@ class Recorder:
         tin = q.TransitionIn(
             0 if opening else op.rs.alert_id, rule.id, op.device_id, d.site_id, rule.condition.type,
             rule.metric, op.action, op.from_state, op.to_state, op.grade, op.value, device_time(op.t_ns),
-            dict(rule.labels), op.flapping or op.rs.flapping, suppressed)
+            dict(rule.labels), op.flapping or op.rs.flapping, suppressed, op.extra.get("reason", ""),
+            op.extra.get("actor", "engine"))
         out = await q.record_transition(conn, tin)
         if out.gone:
             if op.to_state == "resolved":

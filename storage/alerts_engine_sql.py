@@ -38,6 +38,7 @@ class TransitionIn:
     flapping: bool
     suppressed: str | None
     reason: str = ""
+    actor: str = "engine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ _OPEN = """INSERT INTO alerts (rule_id, device_id, site_id, condition, metric, s
 _UPDATE = """UPDATE alerts SET state = %(to)s, grade = %(grade)s, value = %(value)s,
         fired_at = CASE WHEN %(to)s = 'firing' THEN coalesce(fired_at, %(t)s) ELSE fired_at END,
         resolved_at = CASE WHEN %(to)s = 'resolved' THEN %(t)s END,
+        resolved_by = CASE WHEN %(to)s = 'resolved' AND %(actor)s <> 'engine' THEN %(actor)s END,
         acknowledged = acknowledged AND %(action)s <> 'escalated',
         acknowledged_by = CASE WHEN %(action)s = 'escalated' THEN NULL ELSE acknowledged_by END,
         acknowledged_at = CASE WHEN %(action)s = 'escalated' THEN NULL ELSE acknowledged_at END,
@@ -70,7 +72,7 @@ _UPDATE = """UPDATE alerts SET state = %(to)s, grade = %(grade)s, value = %(valu
 
 _TRANSITION = """INSERT INTO alert_transitions (alert_id, seq, action, from_state, to_state, grade,
         acknowledged, value, device_time, actor, reason)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'engine', %s) RETURNING transition_id"""
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING transition_id"""
 
 
 async def record_transition(conn: Conn, t: TransitionIn) -> TransitionOut:
@@ -90,13 +92,13 @@ async def record_transition(conn: Conn, t: TransitionIn) -> TransitionOut:
     if row is None:
         cur = await conn.execute(_UPDATE, {
             "to": t.to_state, "grade": t.grade, "value": t.value, "t": t.device_time, "action": t.action,
-            "flapping": t.flapping, "suppressed": t.suppressed, "id": alert_id})
+            "flapping": t.flapping, "suppressed": t.suppressed, "id": alert_id, "actor": t.actor})
         row = await cur.fetchone()
         if row is None:
             return TransitionOut(alert_id, 0, 0, False, None, gone=True)
     alert_id, seq, acknowledged, incident_id = int(row[0]), int(row[1]), bool(row[2]), row[3]
     cur = await conn.execute(_TRANSITION, (alert_id, seq, t.action, t.from_state, t.to_state, t.grade,
-                                           acknowledged, t.value, t.device_time, t.reason))
+                                           acknowledged, t.value, t.device_time, t.actor, t.reason))
     trow = await cur.fetchone()
     assert trow is not None
     return TransitionOut(alert_id, int(trow[0]), seq, acknowledged, incident_id)
@@ -249,3 +251,30 @@ async def unpublished(conn: Conn, limit: int = 1000) -> list[dict[str, Any]]:
 async def mark_published(conn: Conn, transition_ids: Sequence[int]) -> None:
     await conn.execute("UPDATE alert_transitions SET published_at = now() WHERE transition_id = ANY(%s)",
                        (list(transition_ids),))
+
+
+async def resolve_rules_gone(conn: Conn, enabled_rule_ids: Sequence[str], reason: str) -> None:
+    """Resolve the open alerts of rules not among ``enabled_rule_ids`` (removed or disabled),
+    each with a transition by 'system', and close the incidents left without open members."""
+    cur = await conn.execute(
+        """WITH gone AS (
+               SELECT alert_id, state FROM alerts
+               WHERE state <> 'resolved' AND rule_id <> ALL(%(ids)s::text[]) FOR UPDATE),
+           closed AS (
+               UPDATE alerts a SET state = 'resolved', resolved_at = now(), last_seq = a.last_seq + 1,
+                      updated_at = now(), resolved_by = 'system'
+               FROM gone WHERE a.alert_id = gone.alert_id
+               RETURNING a.alert_id, a.last_seq, gone.state AS from_state, a.grade, a.acknowledged,
+                         a.value, a.incident_id),
+           recorded AS (
+               INSERT INTO alert_transitions (alert_id, seq, action, from_state, to_state, grade,
+                   acknowledged, value, device_time, actor, reason)
+               SELECT alert_id, last_seq, CASE WHEN from_state = 'pending' THEN 'cancelled'
+                      ELSE 'resolved' END, from_state, 'resolved', grade, acknowledged, value, now(),
+                      'system', %(reason)s FROM closed
+               RETURNING alert_id)
+           SELECT DISTINCT c.incident_id FROM closed c JOIN recorded r USING (alert_id)
+           WHERE c.incident_id IS NOT NULL""", {"ids": list(enabled_rule_ids), "reason": reason})
+    incidents = [int(r[0]) for r in await cur.fetchall()]
+    for incident_id in incidents:
+        await close_incident_if_done(conn, incident_id)
