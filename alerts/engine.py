@@ -26,6 +26,7 @@ import msgspec
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from alerts.directory import ActiveSilence, DeviceInfo, guess, partition_of, registered, selects
+from alerts.durations import DurationTimers
 from alerts.evaluate import evaluate_batch
 from alerts.lifecycle import NS, Compiled, Op
 from alerts.metrics import AlertMetrics
@@ -34,7 +35,7 @@ from alerts.publisher import Publisher
 from alerts.recorder import Recorder
 from alerts.repeats import Repeats
 from alerts.retire import REMOVED, retire, retire_all
-from alerts.rules import Silence
+from alerts.rules import Silence, StateDuration
 from alerts.rules_db import load_enabled
 from alerts.settings import AlertSettings
 from alerts.silence import DeadlineHeap, due, schedule
@@ -78,6 +79,7 @@ class AlertEngine:
         self._silences: list[ActiveSilence] = []
         self.heap = DeadlineHeap()
         self.repeats = Repeats()
+        self.durations = DurationTimers()
         self._by_id: dict[str, Compiled] = {}
         self.recorder = Recorder(self.info, self.devices.get, lambda: self._silences,
                                  incident_window_s=settings.alerts_incident_window_s,
@@ -169,6 +171,8 @@ class AlertEngine:
         for device_id in known:
             for c in self.rules_for(device_id):
                 self.repeats.schedule(c, device_id, self.devices[device_id])
+                if isinstance(c.rule.condition, StateDuration):
+                    self.durations.schedule(c, device_id, self.devices[device_id])
         for device_id in list(known) + [d for d in self._registry if d not in known]:
             silence = [c for c in self.rules_for(device_id) if isinstance(c.rule.condition, Silence)]
             if not silence:
@@ -208,6 +212,10 @@ class AlertEngine:
                     silence = [c for c in rules if isinstance(c.rule.condition, Silence)]
                     if silence:
                         self._schedule(batch.device_id, ds, silence)
+                    if ds.connectors:
+                        for c in rules:
+                            if isinstance(c.rule.condition, StateDuration):
+                                self.durations.schedule(c, batch.device_id, ds)
                     self.metrics.lag.set(max(0.0, (self.clock() - batch.received_ns) / NS))
 
     def check_silence(self) -> int:
@@ -230,7 +238,7 @@ class AlertEngine:
         async with self._lock:
             if not self._ops and not self._dirty:
                 return
-            ops, dirty = self._ops, self._dirty
+            ops, dirty = self._ops, self._dirty | {op.device_id for op in self._ops}  # ops change state
             saved = {id(op.rs): (op.rs, op.rs.alert_id, op.rs.notified_ns) for op in ops}
             outbox: list[q.OutboxIn] = []
             try:
@@ -280,8 +288,10 @@ class AlertEngine:
     async def tick(self) -> None:
         """Silence deadlines due by now, then a checkpoint if they made transitions."""
         async with self._lock:
-            repeated = self.repeats.due(self.clock(), self.devices, self._by_id)
-            self._ops += repeated
+            s, now = self._settings, self.clock()
+            self._ops += self.repeats.due(now, self.devices, self._by_id)
+            self._ops += self.durations.due(now, self.devices, self._by_id,
+                                            int(s.alerts_flap_window_s * NS), s.alerts_flap_max)
             made = self.check_silence() or bool(self._ops)  # or left over from a failed flush
         if made:
             await self.flush()
