@@ -81,9 +81,10 @@ class AlertEngine:
         self.repeats = Repeats()
         self.durations = DurationTimers()
         self._by_id: dict[str, Compiled] = {}
+        self._rate_windows: dict[str, int] = {}
         self.recorder = Recorder(self.info, self.devices.get, lambda: self._silences,
                                  incident_window_s=settings.alerts_incident_window_s,
-                                 group_wait_s=group_wait_s)
+                                 group_wait_s=group_wait_s, clock=clock)
         self._stopping = asyncio.Event()
         self._publisher = Publisher(pool, self._producer, settings.topic_alerts, self.metrics)
 
@@ -110,9 +111,13 @@ class AlertEngine:
             version, rules = await load_enabled(conn)
             silences = await alert_rules_store.list_silences(conn)
             devices = await q.load_devices(conn)
+            if self.rules_version < 0:
+                await self.recorder.rate.load(conn)  # rate limits count what was sent before a restart
         async with self._lock:
             self.rules = [Compiled.of(r, recv) for r, recv in rules]
             self._by_id = {c.rule.id: c for c in self.rules}
+            self._rate_windows = {c.rule.id: int(c.rule.rate_limit.per * NS) for c in self.rules
+                                  if c.rule.rate_limit is not None}
             self.rules_version = version
             self._silences = [ActiveSilence.of(s.selector, s.starts_at, s.ends_at) for s in silences]
             self._registry = {d.device_id: registered(d) for d in devices}
@@ -247,15 +252,18 @@ class AlertEngine:
                     for op in ops:
                         await self.recorder.record(conn, op, outbox)
                         self.repeats.noted(op, now)
+                    await self.recorder.rate.save(conn, self._rate_windows, now)
                     await q.save_states(conn, [
                         (d, s.partition, device_time(s.last_seen_ns) if s.last_seen_ns else None,
                          encode_state(s)) for d in dirty if (s := self.devices.get(d)) is not None])
             except BaseException as exc:
+                self.recorder.rate.rolled_back()
                 for rs, alert_id, notified in saved.values():
                     rs.alert_id, rs.notified_ns = alert_id, notified  # rolled back: done again next time
                 if isinstance(exc, (*TRANSIENT, PoolTimeout)):
                     raise StorageUnavailableError(f"alert checkpoint failed: {exc}") from exc
                 raise
+            self.recorder.rate.committed()
             self._ops, self._dirty = [], set()
             for op in ops:
                 ds = self.devices.get(op.device_id)

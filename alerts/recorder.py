@@ -11,15 +11,15 @@ nothing: an alert that was over before anyone was told stays untold.
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from time import time_ns
 
 from alerts.directory import ActiveSilence, DeviceInfo
-from alerts.lifecycle import Op
+from alerts.lifecycle import NS, Op
 from alerts.notify import NOTIFIED_ACTIONS, alert_rows, device_time, incident_rows
+from alerts.rate_limits import RateCounters
 from alerts.rules import Silence
 from alerts.state import FIRING, DeviceState
 from storage import alerts_engine_sql as q
@@ -29,14 +29,14 @@ from storage.db import Conn
 class Recorder:
     def __init__(self, info: Callable[[str], DeviceInfo], state: Callable[[str], DeviceState | None],
                  silences: Callable[[], list[ActiveSilence]], *, incident_window_s: float,
-                 group_wait_s: float) -> None:
+                 group_wait_s: float, clock: Callable[[], int] = time_ns) -> None:
         self._info = info
         self._state = state
         self._silences = silences
         self._incident_window_s = incident_window_s
         self.group_wait_s = group_wait_s
-        # per-rule notification times for rate limits (in memory: a restart starts afresh)
-        self._sent: dict[str, deque[float]] = {}
+        self._clock = clock
+        self.rate = RateCounters()
 
     def _suppressed(self, op: Op, d: DeviceInfo) -> str | None:
         rule = op.compiled.rule
@@ -50,17 +50,10 @@ class Recorder:
         if any(s.covers(rule.id, d, now) for s in self._silences()):
             return "silenced"
         limit = rule.rate_limit
-        if limit is not None and (op.action in NOTIFIED_ACTIONS or op.flapping):
-            sent = self._sent.setdefault(rule.id, deque())
-            horizon = time.monotonic() - limit.per
-            while sent and sent[0] < horizon:
-                sent.popleft()
-            if len(sent) >= limit.count:
-                return "rate_limited"
+        if (limit is not None and (op.action in NOTIFIED_ACTIONS or op.flapping)
+                and self.rate.count(rule.id, self._clock(), int(limit.per * NS)) >= limit.count):
+            return "rate_limited"
         return None
-
-    def _count_sent(self, rule_id: str) -> None:
-        self._sent.setdefault(rule_id, deque()).append(time.monotonic())
 
     silence_rule_ids: frozenset[str] = frozenset()
 
@@ -92,7 +85,7 @@ class Recorder:
         notify = (op.notify or op.flapping) and suppressed is None
         rows = await self._notifications(conn, op, out, d, notify)
         if rows and rule.rate_limit is not None:
-            self._count_sent(rule.id)
+            self.rate.sent(rule.id, self._clock())
         await q.enqueue(conn, rows)  # now, so a later op of this checkpoint can cancel it
         outbox += rows
         return out.transition_id

@@ -278,3 +278,18 @@ async def resolve_rules_gone(conn: Conn, enabled_rule_ids: Sequence[str], reason
     incidents = [int(r[0]) for r in await cur.fetchall()]
     for incident_id in incidents:
         await close_incident_if_done(conn, incident_id)
+
+
+async def lock_counters(conn: Conn, keys: Sequence[str]) -> dict[str, bytes]:
+    """The engine-wide counter rows (partition -1) of ``keys``, locked for this transaction."""
+    cur = await conn.execute(
+        "SELECT device_id, state FROM alert_device_state WHERE device_id = ANY(%s) AND partition = -1"
+        " ORDER BY device_id FOR UPDATE", (list(keys),))
+    return {str(k): bytes(v) for k, v in await cur.fetchall()}
+
+
+async def load_counters(conn: Conn, prefix: str) -> dict[str, bytes]:
+    cur = await conn.execute(
+        "SELECT device_id, state FROM alert_device_state WHERE partition = -1 AND starts_with(device_id, %s)",
+        (prefix,))
+    return {str(k): bytes(v) for k, v in await cur.fetchall()}
