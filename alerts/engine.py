@@ -56,7 +56,7 @@ Clock = Callable[[], int]
 class AlertEngine:
     def __init__(self, bus: Bus, pool: AsyncConnectionPool, settings: AlertSettings, *,
                  clock: Clock = time.time_ns, metrics: Metrics | None = None, tick_s: float = 0.2,
-                 group_wait_s: float = 30.0) -> None:
+                 group_wait_s: float = 30.0, group_interval_s: float = 0.0) -> None:
         self._pool = pool
         self._settings = settings
         self.clock = clock
@@ -84,7 +84,7 @@ class AlertEngine:
         self._rate_windows: dict[str, int] = {}
         self.recorder = Recorder(self.info, self.devices.get, lambda: self._silences,
                                  incident_window_s=settings.alerts_incident_window_s,
-                                 group_wait_s=group_wait_s, clock=clock)
+                                 group_wait_s=group_wait_s, group_interval_s=group_interval_s, clock=clock)
         self._stopping = asyncio.Event()
         self._publisher = Publisher(pool, self._producer, settings.topic_alerts, self.metrics)
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from time import time_ns
 
 from alerts.directory import ActiveSilence, DeviceInfo
+from alerts.grouping import Grouper
 from alerts.lifecycle import NS, Op
 from alerts.notify import NOTIFIED_ACTIONS, alert_rows, device_time, incident_rows
 from alerts.rate_limits import RateCounters
@@ -29,7 +30,8 @@ from storage.db import Conn
 class Recorder:
     def __init__(self, info: Callable[[str], DeviceInfo], state: Callable[[str], DeviceState | None],
                  silences: Callable[[], list[ActiveSilence]], *, incident_window_s: float,
-                 group_wait_s: float, clock: Callable[[], int] = time_ns) -> None:
+                 group_wait_s: float, group_interval_s: float = 0.0,
+                 clock: Callable[[], int] = time_ns) -> None:
         self._info = info
         self._state = state
         self._silences = silences
@@ -37,6 +39,7 @@ class Recorder:
         self.group_wait_s = group_wait_s
         self._clock = clock
         self.rate = RateCounters()
+        self.grouper = Grouper(group_interval_s, clock)
 
     def _suppressed(self, op: Op, d: DeviceInfo) -> str | None:
         rule = op.compiled.rule
@@ -86,8 +89,7 @@ class Recorder:
         rows = await self._notifications(conn, op, out, d, notify)
         if rows and rule.rate_limit is not None:
             self.rate.sent(rule.id, self._clock())
-        await q.enqueue(conn, rows)  # now, so a later op of this checkpoint can cancel it
-        outbox += rows
+        outbox += await self.grouper.place(conn, rows)  # now, so a later op of this checkpoint can cancel it
         return out.transition_id
 
     async def _notifications(self, conn: Conn, op: Op, out: q.TransitionOut, d: DeviceInfo,

@@ -293,3 +293,28 @@ async def load_counters(conn: Conn, prefix: str) -> dict[str, bytes]:
         "SELECT device_id, state FROM alert_device_state WHERE partition = -1 AND starts_with(device_id, %s)",
         (prefix,))
     return {str(k): bytes(v) for k, v in await cur.fetchall()}
+
+
+async def enqueue_into_batch(conn: Conn, batch: OutboxIn) -> bool:
+    """Add a group batch row's notifications to the pending row of the same key (or make it).
+    False if that row already left (delivered, parked or attempted): the caller sends alone."""
+    cur = await conn.execute(
+        """INSERT INTO alert_outbox (receiver, device_id, idempotency_key, payload, next_attempt_at)
+           VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))
+           ON CONFLICT (receiver, idempotency_key) DO UPDATE SET payload = jsonb_set(jsonb_set(
+                   alert_outbox.payload, '{notifications}',
+                   (alert_outbox.payload->'notifications') || (excluded.payload->'notifications')),
+               '{idempotency_keys}',
+               (alert_outbox.payload->'idempotency_keys') || (excluded.payload->'idempotency_keys'))
+           WHERE alert_outbox.state = 'pending' AND alert_outbox.attempts = 0
+             AND NOT (alert_outbox.payload->'idempotency_keys') @> (excluded.payload->'idempotency_keys')
+           RETURNING outbox_id""",
+        (batch.receiver, batch.device_id, batch.idempotency_key, Jsonb(batch.payload), batch.delay_s))
+    if await cur.fetchone() is not None:
+        return True
+    cur = await conn.execute(  # a replay: the notification may be in that row already
+        """SELECT payload->'idempotency_keys' @> %s FROM alert_outbox
+           WHERE receiver = %s AND idempotency_key = %s""",
+        (Jsonb(batch.payload["idempotency_keys"]), batch.receiver, batch.idempotency_key))
+    row = await cur.fetchone()
+    return bool(row and row[0])

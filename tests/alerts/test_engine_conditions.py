@@ -139,7 +139,8 @@ async def test_a_charger_fault_escalates_on_its_own_deadline(
         got = [(a, g, round(v or 0), (t - T0) // sec) for _, _, a, g, v, t in await transitions(database)]
         assert got == [("pending", 3, 121, 121), ("fired", 3, 151, 151), ("escalated", 1, 601, 601)]
         back = T0 + 11 * MIN
-        await h.send([RecordBatch("charger-0001", back, statuses=(Status("charger-0001", 1, back, "Available"),))])
+        available = Status("charger-0001", 1, back, "Available")
+        await h.send([RecordBatch("charger-0001", back, statuses=(available,))])
         h.clock.now_ns = back
         await h.advance(T0 + 60 * MIN)
         assert [a for _, _, a, *_ in await transitions(database)][-1] == "resolved"

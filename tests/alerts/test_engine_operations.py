@@ -112,7 +112,8 @@ async def test_rate_limit_counters_survive_a_restart(
         pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
     s = alert_settings(pipeline_settings, database)
     grades = "    grades: {yellow: 75, red: 150}\n"
-    limited = rules("http://127.0.0.1:9/hook").replace(grades, grades + "    rate_limit: {count: 2, per: 1h}\n")
+    limit = "    rate_limit: {count: 2, per: 1h}\n"
+    limited = rules("http://127.0.0.1:9/hook").replace(grades, grades + limit)
     await setup(kafka_bus, s, limited)
 
     def fire(i: int, t: int) -> RecordBatch:
