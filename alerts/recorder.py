@@ -45,10 +45,10 @@ class Recorder:
         rule = op.compiled.rule
         if not isinstance(rule.condition, Silence):
             ds = self._state(op.device_id)
-            if ds is not None and any(
+            if ds is not None and (any(
                     rs.phase == FIRING and rid != rule.id and self._is_silence_rule(rid)
-                    for rid, rs in ds.rules.items()):
-                return "inhibited"
+                    for rid, rs in ds.rules.items()) or ds.offline[0] <= op.t_ns < ds.offline[1]):
+                return "inhibited"  # offline now, or a moment of its offline period (buffered)
         now = datetime.now(UTC)
         if any(s.covers(rule.id, d, now) for s in self._silences()):
             return "silenced"
