@@ -10,8 +10,9 @@ makes the replayed readings no-ops: nothing is lost, nothing repeated.
 On partition assignment the engine loads those partitions' device state
 (and starts watching registered devices there that never reported); on
 revocation the stage checkpoints first and the engine forgets them.
-Silence runs on a deadline heap against an injectable clock; rules reload
-when the rules version in the database changes.
+Silence and state-duration deadlines run on heaps against an injectable
+clock; rules reload when the rules version in the database changes (and the
+open alerts of rules gone are resolved, ``alerts/retire.py``).
 """
 
 from __future__ import annotations
@@ -294,7 +295,8 @@ class AlertEngine:
             await self._producer.stop()
 
     async def tick(self) -> None:
-        """Silence deadlines due by now, then a checkpoint if they made transitions."""
+        """Reminders, state-duration and silence deadlines due by now, then a checkpoint if they
+        made transitions."""
         async with self._lock:
             s, now = self._settings, self.clock()
             self._ops += self.repeats.due(now, self.devices, self._by_id)
