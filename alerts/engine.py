@@ -259,12 +259,14 @@ class AlertEngine:
                          encode_state(s)) for d in dirty if (s := self.devices.get(d)) is not None])
             except BaseException as exc:
                 self.recorder.rate.rolled_back()
+                self.recorder.grouper.rolled_back()
                 for rs, alert_id, notified in saved.values():
                     rs.alert_id, rs.notified_ns = alert_id, notified  # rolled back: done again next time
                 if isinstance(exc, (*TRANSIENT, PoolTimeout)):
                     raise StorageUnavailableError(f"alert checkpoint failed: {exc}") from exc
                 raise
             self.recorder.rate.committed()
+            self.recorder.grouper.committed()
             self._ops, self._dirty = [], set()
             for op in ops:
                 ds = self.devices.get(op.device_id)

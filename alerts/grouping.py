@@ -46,6 +46,19 @@ class Grouper:
         self.interval_ns = int(interval_s * NS)
         self._clock = clock
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._undo: dict[tuple[str, str], _Group | None] = {}  # before the checkpoint in progress
+
+    def committed(self) -> None:
+        self._undo.clear()
+
+    def rolled_back(self) -> None:
+        """The checkpoint did not commit: its rows are not there, so neither are its sends."""
+        for key, before in self._undo.items():
+            if before is None:
+                self._groups.pop(key, None)
+            else:
+                self._groups[key] = before
+        self._undo.clear()
 
     async def place(self, conn: Conn, rows: list[q.OutboxIn]) -> list[q.OutboxIn]:
         """Enqueue ``rows`` (inside the checkpoint), singly or into their group's batch."""
@@ -56,6 +69,8 @@ class Grouper:
         for row in rows:
             g = group_of(row)
             state = self._groups.get((row.receiver, g))
+            if (row.receiver, g) not in self._undo:
+                self._undo[(row.receiver, g)] = replace(state) if state is not None else None
             if state is not None and now < state.batch_ns:
                 slot = state.batch_ns  # the batch being filled takes it
             elif state is not None and now < state.free_ns:

@@ -3,11 +3,15 @@ next notifications go out together, at most once per interval, then singly again
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg
 import pytest
 
+from alerts.grouping import Grouper
 from brokers.kafka import KafkaBus
 from citysense.settings import CommonSettings
+from storage.alerts_engine_sql import OutboxIn
 from tests.alerts.harness import NS, T0, Harness, alert_settings, setup
 from tests.alerts.test_engine_notifications import SECRET, delivering, reading, rules, wait_for
 from tests.alerts.webhook_receiver import WebhookReceiver
@@ -56,3 +60,24 @@ async def test_a_groups_later_notifications_go_out_together_once_per_group_inter
         assert got[2] == ("air-0001", "resolved")
         keys = [f"alert:{n['alert_id']}:{n['seq']}" for n in batch["notifications"]]
         assert batch["idempotency_keys"] == keys
+
+
+async def test_a_checkpoint_that_rolls_back_does_not_count_as_a_groups_send(database: str) -> None:
+    clock = [T0]
+    grouper = Grouper(300, lambda: clock[0])
+
+    def row(n: int) -> OutboxIn:
+        return OutboxIn("ops", "air-0001", None, None, f"alert:{n}:1", {"rule_id": "pm25", "site_id": None})
+
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        with contextlib.suppress(RuntimeError):
+            async with conn.transaction():
+                await grouper.place(conn, [row(1)])
+                raise RuntimeError("the checkpoint failed")
+        grouper.rolled_back()
+        clock[0] += 10 * NS
+        async with conn.transaction():
+            placed = await grouper.place(conn, [row(1), row(2)])
+        grouper.committed()
+    assert [(r.device_id, r.payload.get("kind"), r.idempotency_key) for r in placed] == [
+        ("rule:pm25", None, "alert:1:1"), ("rule:pm25", "group", f"group:rule:pm25:{T0 + 310 * NS}")]
