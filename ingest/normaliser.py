@@ -24,6 +24,7 @@ import msgspec
 
 from brokers.base import Bus, KeyValue, Message, Producer, TopicPartition
 from brokers.stage import Batches, ConsumerStage
+from citysense.device_ids import device_id_problem
 from citysense.metrics import Metrics
 from citysense.records import DeadLetter, RecordBatch, decode_envelope, encode
 from ingest.clock import NS, ClockPolicy, adjust
@@ -32,6 +33,7 @@ from ingest.codecs.base import MALFORMED, MAX_PAYLOAD_BYTES, OVERSIZE
 from ingest.dedupe import Deduper, uplink_keys
 from ingest.directory import DeviceDirectory, StaticDirectory
 from ingest.dlq import (
+    BAD_DEVICE_ID,
     BAD_ENVELOPE,
     BAD_TOPIC,
     INTERNAL_ERROR,
@@ -116,6 +118,9 @@ class Normalise:
         if parsed is None:
             return BAD_TOPIC, f"not an uplink topic: {mqtt_topic!r}", ""
         kind, device_id = parsed
+        problem = device_id_problem(device_id)
+        if problem is not None:  # e.g. a 3 kB id, which no database index would take
+            return BAD_DEVICE_ID, problem, device_id[:64]
         profile = self._profiles.get(kind)
         if profile is None:
             return UNKNOWN_PROFILE, f"no profile for device kind {kind!r}", device_id

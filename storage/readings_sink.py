@@ -37,7 +37,7 @@ from storage import copy_binary as cb
 from storage import migrations, partitions
 from storage import write_sql as w
 from storage.base import WriteResult
-from storage.db import TRANSIENT, Conn, Query
+from storage.db import Conn, Query, is_refused, is_transient
 from storage.exceptions import StorageError, StorageRejectedError, StorageUnavailableError
 from storage.latest_state import PG_EPOCH_US, PendingStates
 from storage.schema import POSTGRES, ROLLUPS, Backend
@@ -91,11 +91,15 @@ class ReadingsSink:
                     # batch's partitions and write it again.
                     if attempt == 2 or "partition" not in str(exc) or self._backend != POSTGRES:
                         raise StorageRejectedError(f"write refused: {exc}") from exc
-        except TRANSIENT as exc:
-            raise StorageUnavailableError(f"write failed, will retry: {exc}") from exc
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.DataError,
-                OverflowError, ValueError) as exc:
-            # A value the database (or psycopg's binary dumper) cannot take: the records' fault.
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                raise StorageUnavailableError(f"write failed, will retry: {exc}") from exc
+            if is_refused(exc):  # e.g. SQLSTATE 54000, a device id too long for the index
+                raise StorageRejectedError(
+                    f"write refused (SQLSTATE {exc.sqlstate}): {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"write failed (SQLSTATE {exc.sqlstate}): {exc}") from exc
+        except (OverflowError, ValueError) as exc:
+            # A value psycopg's binary dumper cannot take: the records' fault.
             raise StorageRejectedError(f"write refused: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
@@ -123,7 +127,7 @@ class ReadingsSink:
                 await conn.commit()
         except BaseException as exc:
             self._pending.restore(taken)
-            if isinstance(exc, TRANSIENT):
+            if is_transient(exc):
                 raise StorageUnavailableError(f"device state flush failed, will retry: {exc}") from exc
             if isinstance(exc, psycopg.Error):  # not the records' fault: they were stored already
                 raise StorageError(f"device state flush failed: {type(exc).__name__}: {exc}") from exc

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -32,6 +33,14 @@ DKLEN = 64
 SERVICE_USERS = ("citysense-bridge", "citysense-loadgen")
 DEFAULT_DEVICES = [f"air-{i:04d}" for i in range(100)]
 SECRET_NAMES = ("CITYSENSE_MQTT_BRIDGE_PASSWORD", "CITYSENSE_DEVICE_SECRET")
+# The rule of citysense/device_ids.py, copied (this tool is stdlib-only); a unit test keeps
+# the two equal.
+MAX_DEVICE_ID_LEN = 64
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def valid_device_id(device_id: str) -> bool:
+    return len(device_id) <= MAX_DEVICE_ID_LEN and re.fullmatch(DEVICE_ID_PATTERN, device_id) is not None
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -75,9 +84,11 @@ def read_devices(path: str | None) -> list[str]:
             dev = line.strip()
             if not dev or dev.startswith("#"):
                 continue
-            # ':' separates user from hash; '+', '#', '/' would break the ACL pattern.
-            if any(c in dev for c in ":+#/") or any(c.isspace() for c in dev):
-                sys.exit(f"error: invalid device id {dev!r} in {path}")
+            # ':' separates user from hash; '+', '#', '/' would break the ACL pattern; a
+            # long id stalls storage (PostgreSQL refuses index entries over ~2.7 kB).
+            if not valid_device_id(dev):
+                sys.exit(f"error: invalid device id {dev[:80]!r} in {path}: at most "
+                         f"{MAX_DEVICE_ID_LEN} ASCII letters, digits, '.', '_' or '-'")
             if dev not in devices:
                 devices.append(dev)
     return devices
