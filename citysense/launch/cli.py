@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from citysense.launch.offsets import offsets_app
 from citysense.settings import PROJECT_ROOT, CommonSettings, load_settings
 from ingest.dlq.cli import dlq_app
 
@@ -26,6 +27,7 @@ app.add_typer(devices_app, name="devices")
 scenario_app = typer.Typer(help="Simulator scenarios (simulators/scenarios/*.yaml).", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(offsets_app, name="offsets")
 
 SERVICES_SCRIPT = PROJECT_ROOT / "deploy" / "local" / "services.sh"
 
