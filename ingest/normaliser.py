@@ -46,7 +46,7 @@ from ingest.dlq import (
 from ingest.profiles import PROFILES, Profile
 from ingest.settings import NormaliserSettings
 from ingest.topics import parse_uplink_topic
-from ingest.validate import Bounds, profile_bounds, validate
+from ingest.validate import Bounds, profile_bounds, validate, within_retention
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class NormaliseConfig:
     clock: ClockPolicy = field(default_factory=ClockPolicy)
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     dedupe_window: int = 20_000
+    retention_ns: int = 90 * 86_400 * NS  # 0: keep every age (see NormaliserSettings)
 
     @classmethod
     def from_settings(cls, s: NormaliserSettings) -> NormaliseConfig:
@@ -69,6 +70,7 @@ class NormaliseConfig:
             ),
             max_payload_bytes=s.normalise_max_payload_bytes,
             dedupe_window=s.normalise_dedupe_window,
+            retention_ns=int(s.normalise_retention.total_seconds()) * NS,
         )
 
 
@@ -159,17 +161,28 @@ class Normalise:
         if dedupe.is_duplicate(tp or message.tp, uplink_keys(decoded, envelope.payload)):
             return Outcome(duplicate=True)
         kept, rejected = validate(route.kind, route.bounds, decoded)
-        dead = None
+        out = Outcome()
+        if _records(kept):
+            clocked = adjust(kept, self.config.clock, route.late_after_ns)
+            kept, late = clocked.batch, clocked.late
+            if self.config.retention_ns:
+                kept, too_old, old_late = within_retention(
+                    kept, envelope.received_ns - self.config.retention_ns)
+                rejected += too_old
+                late -= old_late
+            if _records(kept):
+                out = Outcome(kept, None, False, clocked.corrected, late)
         if rejected:
             reasons = sorted({r.reason for r in rejected})
-            text = "; ".join(r.detail for r in rejected)
-            kept_n = len(kept.readings) + len(kept.statuses) + len(kept.health)
-            dead = dead_letter(message, reasons[0] if len(reasons) == 1 else "+".join(reasons),
-                               f"{len(rejected)} record(s) rejected, {kept_n} kept: {text}", device_id)
-            if not kept_n:
-                return Outcome(dead=dead)
-        clocked = adjust(kept, self.config.clock, route.late_after_ns)
-        return Outcome(clocked.batch, dead, False, clocked.corrected, clocked.late)
+            text = "; ".join(r.detail for r in rejected[:20])
+            out.dead = dead_letter(message, reasons[0] if len(reasons) == 1 else "+".join(reasons),
+                                   f"{len(rejected)} record(s) rejected, {_records(kept)} kept: {text}",
+                                   device_id)
+        return out
+
+
+def _records(batch: RecordBatch) -> int:
+    return len(batch.readings) + len(batch.statuses) + len(batch.health)
 
 
 # A readings-topic record must stay under Kafka's default message.max.bytes (1 MiB) with room

@@ -6,7 +6,6 @@ from ingest.dlq.core import (
     BAD_DEVICE_ID,
     BAD_ENVELOPE,
     BAD_TOPIC,
-    BEYOND_RETENTION,
     INTERNAL_ERROR,
     KIND_MISMATCH,
     MAX_ORIGINAL_BYTES,
@@ -24,7 +23,7 @@ from ingest.dlq.core import (
 )
 
 __all__ = [
-    "BAD_DEVICE_ID", "BAD_ENVELOPE", "BAD_TOPIC", "BEYOND_RETENTION", "INTERNAL_ERROR", "KIND_MISMATCH",
+    "BAD_DEVICE_ID", "BAD_ENVELOPE", "BAD_TOPIC", "INTERNAL_ERROR", "KIND_MISMATCH",
     "MAX_ORIGINAL_BYTES", "STAGE",
     "UNKNOWN_DEVICE", "UNKNOWN_PROFILE", "ReplayResult", "ScanResult", "dead_letter", "matching",
     "original_envelope", "replay", "scan", "stats",

@@ -34,7 +34,6 @@ UNKNOWN_DEVICE = "unknown_device"
 KIND_MISMATCH = "kind_mismatch"
 INTERNAL_ERROR = "internal_error"
 BAD_DEVICE_ID = "bad_device_id"  # too long, or characters outside citysense.device_ids
-BEYOND_RETENTION = "beyond_retention"  # older than storage keeps: it would be dropped unseen
 
 # Kafka refuses messages above ~1 MiB; a dead letter must always fit.
 MAX_ORIGINAL_BYTES = 256 * 1024

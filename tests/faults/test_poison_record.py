@@ -46,7 +46,7 @@ async def test_an_index_breaking_device_id_never_stalls_the_writer(
     long_id = "air-" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(3000))
     start = (time.time_ns() // MINUTE_NS - 120) * MINUTE_NS
     good = [_uplink(f"air-{d:03d}", start + i * MINUTE_NS, float(i)) for i in range(40) for d in range(25)]
-    stream = good[:500] + [_uplink(long_id, start, 1.0)] + good[500:]
+    stream = [*good[:500], _uplink(long_id, start, 1.0), *good[500:]]
     producer = kafka_bus.producer()
     await producer.start()
     await producer.send_batch(s.topic_readings, [(b.device_id.encode(), encode(b)) for b in stream])
