@@ -91,6 +91,7 @@ class Outcome:
     duplicate: bool = False
     corrected: bool = False
     late: int = 0
+    conflicts: int = 0  # conflicting duplicates inside the uplink (the codec kept the last)
 
 
 class Normalise:
@@ -152,14 +153,19 @@ class Normalise:
         if size > self.config.max_payload_bytes:
             return Outcome(dead=dead_letter(
                 message, OVERSIZE, f"{size} bytes exceeds {self.config.max_payload_bytes}", device_id))
+        conflicts = getattr(route.codec, "conflicts", 0)
         try:
             decoded = route.codec.decode(device_id, envelope.payload, envelope.received_ns)
         except UnicodeDecodeError as exc:  # bad input a codec let escape: still just bad input
             decoded = DecodeError(MALFORMED, f"payload is not valid UTF-8: {exc}")
+        except RecursionError:  # JSON nested thousands deep
+            decoded = DecodeError(MALFORMED, "payload is nested too deeply")
         if isinstance(decoded, DecodeError):
             return Outcome(dead=dead_letter(message, decoded.reason_code, decoded.message, device_id))
         if dedupe.is_duplicate(tp or message.tp, uplink_keys(decoded, envelope.payload)):
             return Outcome(duplicate=True)
+        # one metric twice at one time in this uplink with different values (codecs keep the last)
+        conflicts = getattr(route.codec, "conflicts", 0) - conflicts
         kept, rejected = validate(route.kind, route.bounds, decoded)
         out = Outcome()
         if _records(kept):
@@ -171,7 +177,7 @@ class Normalise:
                 rejected += too_old
                 late -= old_late
             if _records(kept):
-                out = Outcome(kept, None, False, clocked.corrected, late)
+                out = Outcome(kept, None, False, clocked.corrected, late, conflicts)
         if rejected:
             reasons = sorted({r.reason for r in rejected})
             text = "; ".join(r.detail for r in rejected[:20])
@@ -198,6 +204,7 @@ class Counters:
     clock_corrected: int = 0
     late: int = 0
     internal_errors: int = 0
+    conflicting_duplicates: int = 0
 
 
 class Normaliser:
@@ -254,7 +261,7 @@ class Normaliser:
         self.dedupe.retain(self.stage.consumer.assignment())
         good: list[KeyValue] = []
         bad: list[KeyValue] = []
-        readings = duplicates = corrected = late = 0
+        readings = duplicates = corrected = late = conflicts = 0
         for tp, messages in batches.items():
             for message in messages:
                 out = self._one(message, tp)
@@ -269,6 +276,7 @@ class Normaliser:
                         readings += len(out.batch.readings)
                         corrected += out.corrected
                         late += out.late
+                        conflicts += out.conflicts
                 for letter in dead:
                     bad.append((message.key, encode(letter)))
                     if self._metrics is not None:
@@ -291,9 +299,11 @@ class Normaliser:
         c.duplicates += duplicates
         c.clock_corrected += corrected
         c.late += late
+        c.conflicting_duplicates += conflicts
         if self._metrics is not None:
             m = self._metrics.records
             m.labels(STAGE, "readings").inc(readings)
             m.labels(STAGE, "duplicates").inc(duplicates)
             m.labels(STAGE, "clock_corrected").inc(corrected)
             m.labels(STAGE, "late").inc(late)
+            m.labels(STAGE, "conflicting_duplicates").inc(conflicts)

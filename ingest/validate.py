@@ -62,6 +62,8 @@ def _health_problem(h: Health) -> str | None:
 def _status_problem(s: Status) -> Rejection | None:
     if s.state not in OCPP_STATES:
         return Rejection(INVALID_STATE, f"connector {s.connector} state {s.state!r} is not OCPP 1.6")
+    if isinstance(s.connector, bool):  # bool is an int subclass; msgpack would carry it as a bool
+        return Rejection(OUT_OF_RANGE, f"connector {s.connector!r} is not an integer")
     if s.connector < 0:
         return Rejection(OUT_OF_RANGE, f"connector {s.connector} is negative")
     return None

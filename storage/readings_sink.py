@@ -153,7 +153,7 @@ class ReadingsSink:
             if make_partitions:
                 await self._ensure_partitions(conn, rows)
             try:
-                inserted, all_new = await self._move_readings(conn, rows)
+                inserted, all_new, conflicting = await self._move_readings(conn, rows)
                 statuses = await self._move(conn, rows.statuses, w.STATUS_STATEMENT, count_query=True)
                 health = await self._move(conn, rows.health, w.HEALTH_STATEMENT, count_query=False)
                 if all_new and self._backend == POSTGRES:
@@ -168,15 +168,16 @@ class ReadingsSink:
                 with contextlib.suppress(psycopg.Error):
                     await conn.rollback()
                 raise
-        return WriteResult(rows.reading_count, inserted, statuses, health)
+        return WriteResult(rows.reading_count, inserted, statuses, health, conflicting)
 
-    async def _move_readings(self, conn: Conn, rows: WriteRows) -> tuple[int, bool]:
+    async def _move_readings(self, conn: Conn, rows: WriteRows) -> tuple[int, bool, int]:
         """The first statement of ``conn``'s transaction: the fast COPY, or on a duplicate key
         a fresh transaction that inserts through the stage and notes the dirty buckets of
-        what it inserted. Returns (readings inserted, whether the fast path stored them all)."""
+        what it inserted. Returns (readings inserted, whether the fast path stored them all,
+        conflicting duplicates met)."""
         if not rows.reading_count:
             rows.encode_rest()  # device state is complete once all is encoded
-            return 0, False
+            return 0, False, 0
         async with conn.cursor() as cur:
             try:
                 async with cur.copy(w.COPY_READINGS) as copy:
@@ -200,8 +201,8 @@ class ReadingsSink:
                 await _copy_data(cur, w.COPY_READINGS_STAGE, rows.readings)
                 await cur.execute(w.slow_readings_statement(note_dirty=self._backend == POSTGRES))
                 got = await cur.fetchone()
-                return (int(got[0]) if got else 0), False
-            return rows.reading_count, True
+                return (int(got[0]), False, int(got[1])) if got else (0, False, 0)
+            return rows.reading_count, True, 0
 
     @staticmethod
     async def _move(conn: Conn, rows: list[Row], statement: Query, *, count_query: bool) -> int:
