@@ -310,4 +310,5 @@ async def test_conflicting_duplicates_are_counted_and_the_first_stored_wins(pg_s
     assert (both.readings_inserted, both.readings_conflicting) == (1, 1)
     async with pg_store.pool.connection() as conn:
         cur = await conn.execute("SELECT device_id, metric, value FROM readings ORDER BY 1, 2")
-        assert await cur.fetchall() == [("air-1", "pm10", 2.0), ("air-1", "pm25", 1.0), ("air-2", "pm25", 3.0)]
+        assert await cur.fetchall() == [
+            ("air-1", "pm10", 2.0), ("air-1", "pm25", 1.0), ("air-2", "pm25", 3.0)]
