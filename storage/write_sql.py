@@ -100,8 +100,12 @@ def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
                    SELECT DISTINCT {name}, date_bin({width}, time, {origin}) FROM ins)"""
             ).format(cte=sql.Identifier(f"dirty_{name}"), name=sql.Literal(name),
                      width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN)))
+    # One primary-key probe per staged row (LATERAL .. LIMIT 1): the stage, a temporary table,
+    # has no statistics, and a plain join may hash-join it with every partition of readings.
     conflicting = sql.SQL(
-        """(SELECT count(*) FROM {stage} s JOIN readings r USING (device_id, metric, time)
+        """(SELECT count(*) FROM {stage} s, LATERAL (
+                SELECT r.value FROM readings r
+                WHERE r.device_id = s.device_id AND r.metric = s.metric AND r.time = s.time LIMIT 1) r
              WHERE r.value IS DISTINCT FROM s.value)
            + (SELECT coalesce(sum(n - 1), 0) FROM (
                 SELECT count(DISTINCT value) AS n FROM {stage} GROUP BY device_id, metric, time
