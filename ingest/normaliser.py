@@ -51,6 +51,9 @@ from ingest.validate import Bounds, profile_bounds, validate, within_retention
 log = logging.getLogger(__name__)
 
 _ROUTE_CACHE_MAX = 200_000
+# Longer topics hold no valid device id (citysense.device_ids): kept out of the cache, whose
+# 200,000 entries of MQTT's 64 KiB topics would otherwise hold gigabytes.
+_ROUTE_CACHE_MAX_TOPIC = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +114,8 @@ class Normalise:
         """The route of an uplink topic, or ``(reason, message, device_id)`` refusing it."""
         cached = self._routes.get(mqtt_topic)
         if cached is None:
+            if len(mqtt_topic) > _ROUTE_CACHE_MAX_TOPIC:  # no valid id is this long: refuse, uncached
+                return self._make_route(mqtt_topic)
             if len(self._routes) >= _ROUTE_CACHE_MAX:
                 self._routes.clear()
             cached = self._routes[mqtt_topic] = self._make_route(mqtt_topic)

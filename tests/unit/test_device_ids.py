@@ -110,3 +110,11 @@ def test_the_servers_own_trouble_is_transient(sqlstate: str) -> None:
 def test_a_broken_connection_without_sqlstate_is_transient() -> None:
     assert is_transient(psycopg.OperationalError("server closed the connection unexpectedly"))
     assert not is_transient(ValueError("not a database error"))
+
+
+def test_overlong_topics_stay_out_of_the_route_cache() -> None:
+    normalise = Normalise()
+    for i in range(50):
+        assert normalise.route(uplink_topic("air", f"{i}-" + "x" * 60_000))[0] == "bad_device_id"
+    assert normalise.route(uplink_topic("air", "air-1")) is normalise.route(uplink_topic("air", "air-1"))
+    assert len(normalise._routes) == 1
