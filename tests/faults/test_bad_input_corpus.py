@@ -65,8 +65,11 @@ async def test_the_corpus_through_the_real_pipeline(
     now = time.time_ns()
     cases = corpus(token, now)
     goods = [good(token, i, now) for i in range(len(cases) + TAIL)]
+    # The load generator's login may publish any device's uplink topic (its own password once
+    # the broker separates it from the bridge's, else the shared one).
+    loadgen_password = service_env.raw.get("CITYSENSE_MQTT_LOADGEN_PASSWORD") or service_env.bridge_password
     loadgen = MqttClient(MqttConfig(url=service_env.mqtt_url, username="citysense-loadgen",
-                                    password=service_env.bridge_password))
+                                    password=loadgen_password))
     device = MqttClient(MqttConfig(url=service_env.mqtt_url, username="air-0001",
                                    password=device_password(service_env.device_secret, "air-0001")))
     refused: dict[str, str] = {}
