@@ -129,7 +129,7 @@ def corpus(token: str, now_ns: int) -> list[Case]:
         Case("SQL in the device id", "air", f"air-{d}';DROP TABLE readings;--", one, "bad_device_id"),
         Case("unknown kind", "volcano", f"volc-{d}", b"{}", "unknown_profile"),
         Case("another device's topic", "air", f"air-{d}-26", one, None,
-             via_device_login="air-0001", refused_by_broker=True),
+             via_device_login="air-0099", refused_by_broker=True),
         # OCPP 1.6
         Case("ocpp boolean connectorId", "charger", f"chg-{d}-27",
              _ocpp("MeterValues", meter | {"connectorId": True}), "malformed"),

@@ -70,8 +70,11 @@ async def test_the_corpus_through_the_real_pipeline(
     loadgen_password = service_env.raw.get("CITYSENSE_MQTT_LOADGEN_PASSWORD") or service_env.bridge_password
     loadgen = MqttClient(MqttConfig(url=service_env.mqtt_url, username="citysense-loadgen",
                                     password=loadgen_password))
-    device = MqttClient(MqttConfig(url=service_env.mqtt_url, username="air-0001",
-                                   password=device_password(service_env.device_secret, "air-0001")))
+    # A device's client id is its id (the broker may insist); the highest of the broker's default
+    # devices, which the other tests' fleets (air-0000 upwards) reach last.
+    login = next(c.via_device_login for c in cases if c.via_device_login)
+    device = MqttClient(MqttConfig(url=service_env.mqtt_url, username=login, client_id=login,
+                                   password=device_password(service_env.device_secret, login)))
     refused: dict[str, str] = {}
     async with running_pipeline(
         pipeline_settings, bridge_user=service_env.bridge_username,
