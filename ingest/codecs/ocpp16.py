@@ -3,7 +3,9 @@
 Typed after the OCPP 1.6 JSON schemas (``MeterValues.json``, ``StatusNotification.json``,
 ``StartTransaction.json``, ``StopTransaction.json``, ``Heartbeat.json``,
 ``BootNotification.json``): required fields have no default, integers refuse
-JSON booleans (msgspec's ``int``), unknown fields are ignored. What the schemas
+JSON booleans (msgspec's ``int``), and an unknown field is refused, as the
+schemas' ``additionalProperties: false`` says (a key garbled in transit must
+not make an optional field silently absent). What the schemas
 constrain beyond types (enumerations, CiString lengths) is checked by the codec.
 
 How measurands become citysense metrics (the charger profile names them):
@@ -101,7 +103,7 @@ def to_canonical(measurand: str, unit: str | None, value: float) -> tuple[str, f
     return metric, value / scale[0] + scale[1]
 
 
-class SampledValue(msgspec.Struct, frozen=True):
+class SampledValue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     value: str
     context: str = "Sample.Periodic"
     format: str = "Raw"
@@ -111,18 +113,18 @@ class SampledValue(msgspec.Struct, frozen=True):
     unit: str | None = None
 
 
-class MeterValue(msgspec.Struct, frozen=True):
+class MeterValue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timestamp: str
     sampledValue: list[SampledValue]
 
 
-class MeterValuesReq(msgspec.Struct, frozen=True):
+class MeterValuesReq(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connectorId: int
     meterValue: list[MeterValue]
     transactionId: int | str | None = None
 
 
-class StatusNotificationReq(msgspec.Struct, frozen=True):
+class StatusNotificationReq(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connectorId: int
     errorCode: str
     status: str
@@ -135,7 +137,7 @@ class StatusNotificationReq(msgspec.Struct, frozen=True):
     transactionId: int | str | None = None
 
 
-class StartTransactionReq(msgspec.Struct, frozen=True):
+class StartTransactionReq(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connectorId: int
     idTag: str
     meterStart: int
@@ -143,7 +145,7 @@ class StartTransactionReq(msgspec.Struct, frozen=True):
     reservationId: int | None = None
 
 
-class StopTransactionReq(msgspec.Struct, frozen=True):
+class StopTransactionReq(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     meterStop: int
     timestamp: str
     transactionId: int
@@ -152,11 +154,11 @@ class StopTransactionReq(msgspec.Struct, frozen=True):
     transactionData: list[MeterValue] | None = None
 
 
-class HeartbeatReq(msgspec.Struct, frozen=True):
+class HeartbeatReq(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass  # an empty object; the charge point's clock is not in it
 
 
-class BootNotificationReq(msgspec.Struct, frozen=True):
+class BootNotificationReq(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     chargePointVendor: str
     chargePointModel: str
     chargePointSerialNumber: str | None = None

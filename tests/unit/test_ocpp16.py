@@ -165,3 +165,12 @@ def test_one_metric_twice_at_one_time_keeps_the_last_and_is_counted() -> None:
 
 def test_the_profile_and_the_codec_agree_on_metrics() -> None:
     assert {m.name for m in PROFILES["charger"].metrics} == set(METRIC_MEASURANDS)
+
+
+def test_a_field_the_schema_does_not_have_is_refused() -> None:
+    """additionalProperties: false. A key garbled in transit ("timestamp" with one byte flipped)
+    must not turn into a status at the received time."""
+    status = {"connectorId": 1, "status": "Charging", "errorCode": "NoError", "timest\u00e1mp": T}
+    assert _reason(_call("StatusNotification", status)) == MALFORMED
+    assert _reason(_call("Heartbeat", {"timestamp": T})) == MALFORMED
+    assert _reason(_meter({"value": "1", "colour": "blue"})) == MALFORMED
