@@ -83,3 +83,19 @@ async def test_skip_is_refused_while_running_and_audited_when_done(
         rows = await cur.fetchall()
     assert rows == [("alice", group, topic, 0, 1, 2, "poison record, see ticket 42", b"k1",
                      hashlib.sha256(b"poison " * 10).hexdigest(), True, True)]
+
+
+def test_the_command_is_wired_and_refuses_without_a_reason() -> None:
+    """The typer command, before any I/O: a blank reason changes nothing."""
+    from typer.testing import CliRunner
+
+    from citysense.launch.cli import app
+
+    env = {"CITYSENSE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+           "CITYSENSE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"}
+    args = ["offsets", "skip", "--group", "g", "--topic", "t", "--partition", "0", "--offset", "5",
+            "--reason", "   "]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 1 and "refused: --reason is required" in result.output
+    missing = CliRunner().invoke(app, ["offsets", "skip", "--group", "g"], env=env)
+    assert missing.exit_code == 2  # the other options are required
