@@ -152,5 +152,6 @@ def _print_accounting(cases: list[Case], goods: list[tuple[str, str, bytes, Stor
         print(f"{c.name:45s} {want:22s} {got:22s}")
     print(f"good uplinks published {len(goods)}, acknowledged {len(goods)}; "
           f"readings expected {len(expected)}, "
-          f"stored {len(rows)}, distinct {len(set(rows))}; dead-lettered {len(reasons)} of "
+          f"stored {len(rows)}, duplicates {len(rows) - len({(d, m, t) for d, m, t, _ in rows})}, "
+          f"lost {len(expected - {(d, m, v) for d, m, _, v in rows})}; dead-lettered {len(reasons)} of "
           f"{sum(1 for c in cases if c.reason)}; refused at the broker {len(refused)}")
