@@ -15,6 +15,17 @@ from storage.exceptions import StorageUnavailableError
 Conn: TypeAlias = psycopg.AsyncConnection[Any]
 Query: TypeAlias = sql.SQL | sql.Composed
 
+# The exception classes that are usually transient, for ``except`` clauses (the alert engine
+# uses them). Too wide for records: psycopg files SQLSTATE class 54 (program limit exceeded)
+# under OperationalError too; where records meet the database, decide with ``is_transient``.
+TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.AdminShutdown,
+)
+
 # SQLSTATE classes that describe the server's or the connection's state, not the statement's
 # data: trying the same statement again later may succeed.
 _TRANSIENT_CLASSES = frozenset({
