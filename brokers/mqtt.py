@@ -29,6 +29,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from brokers.exceptions import BrokerError, BrokerUnavailableError, NotStartedError
 
@@ -78,6 +79,12 @@ class InboundMessage:
     qos: int
     mid: int
     received_ns: int
+
+
+def _options(qos: int) -> SubscribeOptions:
+    # Retained messages are never sent on (re-)subscribe: a retained uplink is a message a device
+    # published once, and must be ingested once, not again at every bridge reconnect.
+    return SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
 
 
 class MqttClient:
@@ -207,7 +214,7 @@ class MqttClient:
                      bool(getattr(flags, "session_present", False)))
             self._report("connected", reason)
         if not reason.is_failure and self._subscriptions:
-            client.subscribe(list(self._subscriptions))  # again after a reconnect
+            client.subscribe([(t, _options(q)) for t, q in self._subscriptions])  # again after a reconnect
         self._loop.call_soon_threadsafe(self._connect_result, reason.is_failure, str(reason))
 
     def _connect_result(self, failed: bool, reason: str) -> None:
@@ -291,11 +298,13 @@ class MqttClient:
             raise NotStartedError("MqttClient used before start()")
         return self._client
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> asyncio.Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
+    ) -> asyncio.Future[None]:
         """Queue a PUBLISH; the future resolves on PUBACK (QoS 1) or on send (QoS 0)."""
         client = self._require()
         assert self._loop is not None
-        info = client.publish(topic, payload, qos=qos)
+        info = client.publish(topic, payload, qos=qos, retain=retain)
         # While disconnected paho keeps a QoS 1 message and sends it after the reconnect: its PUBACK
         # will settle the future, like any other (an at-least-once device re-sends, it does not give up).
         queued = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
@@ -314,7 +323,7 @@ class MqttClient:
         client = self._require()
         assert self._loop is not None
         self._subscriptions.append((topic, qos))
-        result, mid = client.subscribe(topic, qos=qos)
+        result, mid = client.subscribe(topic, options=_options(qos))
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise BrokerError(f"subscribe {topic}: {paho.error_string(result)}")
         fut: asyncio.Future[None] = self._loop.create_future()
