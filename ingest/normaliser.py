@@ -274,6 +274,9 @@ class Normaliser:
         c.clock_corrected += corrected
         c.late += late
         if self._metrics is not None:
+            produced = self._metrics.messages
+            produced.labels(STAGE, self._readings_topic, "produced").inc(len(good))
+            produced.labels(STAGE, self._dlq_topic, "produced").inc(len(bad))
             m = self._metrics.records
             m.labels(STAGE, "readings").inc(readings)
             m.labels(STAGE, "duplicates").inc(duplicates)
