@@ -75,7 +75,8 @@ class Stack:
     @property
     def topics(self) -> dict[str, str]:
         p = f"bench.{self.run_id}"
-        return {"raw": f"{p}.raw", "readings": f"{p}.readings", "dlq": f"{p}.dlq", "alerts": f"{p}.alerts"}
+        return {"raw": f"{p}.raw", "readings": f"{p}.readings", "dlq": f"{p}.dlq", "alerts": f"{p}.alerts",
+                "ceiling": f"{p}.ceiling"}  # the last only for the Kafka ceiling, if measured
 
     @property
     def groups(self) -> dict[str, str]:

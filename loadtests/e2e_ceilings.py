@@ -1,0 +1,117 @@
+"""Ceilings measured in the same run as the end-to-end steps, each part alone.
+
+- MQTT publish -> subscribe: ``loadtests/simulator_bench.py`` at QoS 1 against
+  the benchmark's private broker, with its subscriber counting what arrives
+  (topics under ``devices/bench-<pid>/`` that the bridge does not match);
+- Kafka produce -> consume: envelope-sized records to a fresh topic with the
+  raw topic's partition count, then read back by a consumer group;
+- partitioned binary COPY: ``storage_bench``'s raw COPY (rows prepared off the
+  clock) into a scratch database's day partition.
+
+Each reports messages (or rows) per second; the Kafka and COPY ones also the
+server's CPU per message (the Kafka JVM and PostgreSQL are shared with other
+work on this machine, so those figures include it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from brokers.base import TopicSpec
+from brokers.kafka import KafkaBus, KafkaConfig
+from citysense.settings import PROJECT_ROOT, state_dir
+from loadtests.e2e_measure import cpu_seconds, find_pid
+from loadtests.e2e_stack import Stack
+from loadtests.storage_bench import copy_prepared, prepare_raw
+from loadtests.storage_common import scratch_database, uplinks
+from storage import migrations, partitions
+
+
+async def mqtt_ceiling(stack: Stack, seconds: float) -> dict[str, Any]:
+    env = {**os.environ, "CITYSENSE_MQTT_URL": stack.mqtt_url, "CITYSENSE_MQTT_PORT": str(stack.mqtt_port),
+           "CITYSENSE_MQTT_BRIDGE_PASSWORD": stack.bridge_password, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(PROJECT_ROOT / "loadtests/simulator_bench.py"), "--qos", "1", "--rate",
+        "60000", "--duration", str(seconds), "--verify", "--json", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 240)
+    r = json.loads(out.decode().strip().splitlines()[-1])
+    return {"msg_per_s": r["msg_per_s"], "sent": r["sent"], "acked": r["acked"],
+            "received_by_subscriber": r["received_by_subscriber"], "loss": r["loss"],
+            "puback_ms": r["puback_ms"]}
+
+
+async def kafka_ceiling(stack: Stack, seconds: float, value_bytes: int = 220) -> dict[str, Any]:
+    bus = KafkaBus(KafkaConfig(bootstrap=stack.kafka, client_id="e2e-ceiling", linger_ms=5))
+    topic = stack.topics["ceiling"]
+    await bus.create_topics([TopicSpec(topic, stack.partitions)])
+    jvm = find_pid("kafka.Kafka", str(state_dir()))
+    value = os.urandom(value_bytes)
+    batch = [(f"dev-{i % 100_000:06d}".encode(), value) for i in range(2000)]
+    producer = bus.producer()
+    await producer.start()
+    cpu0 = cpu_seconds(jvm) if jvm else 0.0
+    sent, t0 = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds:
+            await producer.send_batch(topic, batch)
+            sent += len(batch)
+    finally:
+        await producer.stop()
+    produce_s = time.perf_counter() - t0
+    consumer = bus.consumer([topic], f"e2e-ceiling-{uuid.uuid4().hex[:6]}")
+    await consumer.start()
+    got, t1 = 0, time.perf_counter()
+    try:
+        while got < sent and time.perf_counter() - t1 < seconds * 4:
+            for msgs in (await consumer.getmany(500, 10_000)).values():
+                got += len(msgs)
+    finally:
+        await consumer.stop()
+    consume_s = time.perf_counter() - t1
+    jvm_s = (cpu_seconds(jvm) - cpu0) if jvm else 0.0
+    return {"produce_msg_per_s": round(sent / produce_s), "consume_msg_per_s": round(got / consume_s),
+            "sent": sent, "consumed": got, "value_bytes": value_bytes,
+            "kafka_cpu_us_per_msg_produced_and_consumed": round(jvm_s / sent * 1e6, 1) if sent else None}
+
+
+async def copy_ceiling(devices: int = 20_000, per_device: int = 10) -> dict[str, Any]:
+    day = datetime(2031, 1, 1, tzinfo=UTC)
+    postmaster = find_pid("postgres", "-D", f"{state_dir()}/pg/data")
+    async with scratch_database("cs_e2e_copy") as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await migrations.migrate(conn, prefer_timescale=False)
+            await partitions.ensure(conn, "readings", [day], timedelta(days=1))
+        from storage.db import open_pool
+
+        pool = await open_pool(url, max_size=2)
+        try:
+            prepared = prepare_raw(uplinks(devices, per_device, day))
+            cpu0 = cpu_seconds(postmaster, reaped_children=True) if postmaster else 0.0
+            t = time.perf_counter()
+            rows = await copy_prepared(pool, prepared)
+            elapsed = time.perf_counter() - t
+        finally:
+            await pool.close()
+        pg_s = 0.0
+        await asyncio.sleep(0.5)
+        if postmaster:  # the COPY's backend has been reaped by now: counted in cutime
+            pg_s = cpu_seconds(postmaster, reaped_children=True) - cpu0
+    return {"rows_per_s": round(rows / elapsed), "rows": rows, "devices": devices,
+            "postgres_cpu_us_per_row": round(pg_s / rows * 1e6, 2) if rows else None}
+
+
+async def ceilings(stack: Stack, seconds: float) -> dict[str, Any]:
+    print("ceilings: MQTT, Kafka, COPY (each alone)", file=sys.stderr)
+    return {"mqtt_publish_subscribe_qos1": await mqtt_ceiling(stack, seconds),
+            "kafka_produce_consume": await kafka_ceiling(stack, seconds),
+            "partitioned_binary_copy": await copy_ceiling()}
