@@ -63,6 +63,9 @@ class Stack:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     partitions: int = 8
     extra_env: dict[str, str] = field(default_factory=dict)
+    # processes per stage: a second bridge shares the MQTT subscription, a second normaliser or
+    # writer the consumer group (keys: "bridge", "bridge2", ...)
+    instances: dict[str, int] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
     broker_dir: Path | None = None
     mqtt_port: int = 0
@@ -117,7 +120,8 @@ class Stack:
         await bus.create_topics([TopicSpec(t["raw"], n), TopicSpec(t["readings"], n),
                                  TopicSpec(t["dlq"], 2), TopicSpec(t["alerts"], n)])
         for name in STAGES:
-            self._spawn(name)
+            for i in range(self.instances.get(name, 1)):
+                self._spawn(name, str(i + 1) if i else "")
         await self._wait_ready()
 
     @property
