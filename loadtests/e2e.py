@@ -161,9 +161,20 @@ class Bench:
         t0 = time.monotonic()
         stop = asyncio.Event()
         sampler = asyncio.create_task(self.sample_lag(series, t0, stop))
+        profiling = None
+        if a.profile:
+            from loadtests.e2e_profile import record
+
+            pids = {k: self.stack.pid(k) for k in self.stack.procs}
+            profiling = asyncio.create_task(record(pids, a.step_seconds, a.profile, f"{rate:.0f}"))
         result = await run_load(self.pool, self.uplinks, rate=rate, duration_s=a.step_seconds, qos=1,
                                 progress=a.progress)
         load_s = time.monotonic() - t0
+        profiles = {}
+        if profiling is not None:
+            from loadtests.e2e_profile import summarise
+
+            profiles = {k: {"file": str(f), **summarise(f)} for k, f in (await profiling).items()}
         stop.set()
         await sampler
         drained = await self.drain(series, t0)
@@ -224,12 +235,13 @@ class Bench:
             "cpu_us_per_uplink_by_process": {k: round(cpu[k] / acked * 1e6, 1) if acked else None
                                              for k in (*PLATFORM, "postgres_our_db", "generator")},
             "faults": dict(self.injector.counts) if self.injector else {},
+            "profiles": profiles,
             "generator": {"sent": result.sent, "elapsed_s": round(result.elapsed_s, 2)},
         }
 
 
 async def main(a: argparse.Namespace) -> dict[str, Any]:
-    stack = Stack(partitions=a.partitions)
+    stack = Stack(partitions=a.partitions, extra_env=dict(kv.split("=", 1) for kv in a.stage_env))
     out: dict[str, Any] = {"args": vars(a), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         await stack.start()
@@ -277,6 +289,11 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--ceiling-seconds", type=float, default=10.0)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--stage-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the stage processes (repeatable), e.g. "
+                         "CITYSENSE_ROLLUP_REFRESH_INTERVAL_S=0")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="py-spy every stage process during each step; raw stacks to DIR")
     ap.add_argument("--out", type=Path, default=Path("loadtests/results/e2e.json"))
     ap.add_argument("--chart", type=Path, default=None, help="PNG (default: --out with .png)")
     a = ap.parse_args(argv)
