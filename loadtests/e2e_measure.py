@@ -79,6 +79,9 @@ def machine_busy_seconds() -> float:
     return (sum(values) - idle) / TICK
 
 
+_PG_BACKGROUND = ("walwriter", "checkpointer", "background writer")
+
+
 class CpuMeter:
     """CPU seconds per named process; PostgreSQL as the whole cluster and as our database's backends."""
 
@@ -91,16 +94,21 @@ class CpuMeter:
         out = {name: cpu_seconds(pid) for name, pid in self.stages.items()}
         out["mosquitto"] = cpu_seconds(self.mosquitto) if self.mosquitto else 0.0
         out["kafka"] = cpu_seconds(self.kafka) if self.kafka else 0.0
-        pg = ours = 0.0
+        pg = ours = background = 0.0
         if self.postmaster:
             pg = cpu_seconds(self.postmaster, reaped_children=True)
             for pid in children(self.postmaster):
                 seconds = cpu_seconds(pid)
                 pg += seconds
-                if f" {self.database} " in cmdline(pid):
+                line = cmdline(pid)
+                if self.database in line:  # our backends and autovacuum workers in our database
                     ours += seconds
-        out["postgres"] = pg
-        out["postgres_our_db"] = ours  # live backends only (our pool's, which persist)
+                elif any(w in line for w in _PG_BACKGROUND):
+                    background += seconds
+        out["postgres"] = pg  # the whole cluster: every database's work, ours and others'
+        # live processes only: our writer's pool connections persist for the run
+        out["postgres_our_db"] = ours
+        out["postgres_background"] = background  # WAL writer, checkpointer, bgwriter: shared
         out["generator"] = cpu_seconds(os.getpid())
         out["machine_busy"] = machine_busy_seconds()
         return out

@@ -80,7 +80,8 @@ def write_chart(result: dict[str, Any], path: Path) -> None:
     a.legend(fontsize=7)
     a = ax[1][1]
     bottom = [0.0] * len(steps)
-    for proc in ("bridge", "normalise", "write", "mosquitto", "kafka", "postgres"):
+    for proc in ("bridge", "normalise", "write", "mosquitto", "kafka", "postgres_our_db",
+                 "postgres_background"):
         vals = [s["cpu_us_per_uplink_by_process"][proc] or 0.0 for s in steps]
         a.bar([str(int(r)) for r in rates], vals, bottom=bottom, label=proc)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]

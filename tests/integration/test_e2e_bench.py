@@ -28,7 +28,8 @@ UPLINK_FIELDS = {"sent", "acked", "send_errors", "raw_topic", "dead_lettered_bri
                  "lost_in_normaliser", "broker_dropped"}
 READING_FIELDS = {"produced", "readings_topic_messages", "offered", "inserted", "rows_stored",
                   "dead_lettered_writer", "lost"}
-PROCESSES = {"bridge", "normalise", "write", "mosquitto", "kafka", "postgres", "postgres_our_db", "generator"}
+PROCESSES = {"bridge", "normalise", "write", "mosquitto", "kafka", "postgres", "postgres_our_db",
+             "postgres_background", "generator"}
 
 
 def test_bench_smoke_reports_every_field_and_loses_nothing(service_env: ServiceEnv, tmp_path: Path) -> None:
