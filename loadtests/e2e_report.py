@@ -42,6 +42,12 @@ def print_table(result: dict[str, Any]) -> None:
         per = s["cpu_us_per_uplink_by_process"]
         parts = ", ".join(f"{k} {v}" for k, v in per.items() if v is not None)
         print(f"  {s['offered_rate']:.0f}/s CPU µs per uplink: {parts}")
+    run = result.get("run")
+    if run:
+        print(f"  whole run (steps + drains + a final rollup refresh of what was still dirty, "
+              f"{run['final_refresh']['cpu_s']} s): platform CPU {run['cpu_us_per_uplink']} µs/uplink, "
+              f"{run['cpu_us_per_reading']} µs/reading; PostgreSQL (our database) "
+              f"{run['postgres_our_db_us_per_uplink']} µs/uplink")
     for name, c in result.get("ceilings", {}).items():
         print(f"  ceiling {name}: {c}")
     print(f"highest rate held (0 lost, p99 <= {result['args']['max_p99']} s, "
