@@ -141,8 +141,12 @@ class Bench:
             backend = conn.info.backend_pid
             before, t = cpu_seconds(backend), time.perf_counter()
             report = await rollups.refresh(conn)
-            return {"cpu_s": round(cpu_seconds(backend) - before, 3),
-                    "seconds": round(time.perf_counter() - t, 2), "buckets": report.buckets}
+            cpu_s, seconds = cpu_seconds(backend) - before, time.perf_counter() - t
+            cur = await conn.execute(
+                "SELECT (SELECT count(*) FROM readings_1m), (SELECT count(*) FROM readings_1h)")
+            m, h = await cur.fetchone() or (0, 0)
+            return {"cpu_s": round(cpu_s, 3), "seconds": round(seconds, 2), "buckets": report.buckets,
+                    "rollup_rows": {"readings_1m": m, "readings_1h": h}}
 
     async def sample_lag(self, series: list[dict[str, float]], t0: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
