@@ -55,6 +55,10 @@ def summarise(path: Path, top: int = 12) -> dict[str, Any]:
         own[frames[-1]] += n
         for f in set(frames):
             inclusive[f] += n
-    share = (lambda c: [(k, round(v / total * 100, 1)) for k, v in c.most_common(top)]) if total else (
-        lambda c: [])
-    return {"samples": total, "self_pct": share(own), "inclusive_pct": share(inclusive)}
+    if not total:
+        return {"samples": 0, "self_pct": [], "inclusive_pct": []}
+    # Frames on (nearly) every stack - the event loop, the CLI - say nothing: leave them out.
+    busy = Counter({k: v for k, v in inclusive.items() if v < 0.9 * total})
+    return {"samples": total,
+            "self_pct": [(k, round(v / total * 100, 1)) for k, v in own.most_common(top)],
+            "inclusive_pct": [(k, round(v / total * 100, 1)) for k, v in busy.most_common(top)]}
