@@ -60,7 +60,7 @@ from loadtests.e2e_measure import (
     scrape,
 )
 from loadtests.e2e_report import print_table, write_chart
-from loadtests.e2e_stack import Stack
+from loadtests.e2e_stack import STAGES, Stack
 from simulators.load import build_streams, round_robin, run_load, with_faults
 from simulators.mqtt_pool import MqttPool
 from simulators.scenario import ScaleScenario, load_scenario
@@ -110,7 +110,13 @@ class Bench:
         await self.offsets.stop()
 
     def scrape_all(self) -> dict[str, Samples]:
-        return {k: scrape(p) for k, p in self.stack.metrics_ports.items()}
+        """Per stage, the sum of its instances' samples (a second bridge is "bridge2")."""
+        out: dict[str, Samples] = {name: {} for name in STAGES}
+        for key, port in self.stack.metrics_ports.items():
+            merged = out[key.rstrip("0123456789")]
+            for sample, value in scrape(port).items():
+                merged[sample] = merged.get(sample, 0.0) + value
+        return out
 
     async def lags(self) -> dict[str, int]:
         t, g = self.stack.topics, self.stack.groups
@@ -222,6 +228,8 @@ class Bench:
         readings_lost = produced - stored - (offered - inserted)
         buckets = histogram_delta(w, w0, "citysense_receive_to_commit_seconds")
         cpu = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1}
+        for name in STAGES:  # every instance of a stage counts as the stage
+            cpu[name] = round(sum(v for k, v in cpu.items() if k.rstrip("0123456789") == name), 3)
         platform = sum(cpu[k] for k in PLATFORM)
         platform_cluster = platform - cpu["postgres_our_db"] - cpu["postgres_background"] + cpu["postgres"]
         p99 = quantile_upper(buckets, 0.99)
@@ -262,7 +270,8 @@ class Bench:
 
 
 async def main(a: argparse.Namespace) -> dict[str, Any]:
-    stack = Stack(partitions=a.partitions, extra_env=dict(kv.split("=", 1) for kv in a.stage_env))
+    stack = Stack(partitions=a.partitions, extra_env=dict(kv.split("=", 1) for kv in a.stage_env),
+                  instances={"bridge": a.bridges, "normalise": a.normalisers, "write": a.writers})
     out: dict[str, Any] = {"args": vars(a), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         await stack.start()
@@ -323,6 +332,9 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--devices", type=int, default=100_000)
     ap.add_argument("--connections", type=int, default=8, help="generator's MQTT connections")
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--bridges", type=int, default=1, help="bridge processes (shared subscription)")
+    ap.add_argument("--normalisers", type=int, default=1, help="normaliser processes (one group)")
+    ap.add_argument("--writers", type=int, default=1, help="writer processes (one group)")
     ap.add_argument("--max-p99", type=float, default=2.0, help="seconds; a step above it is not held")
     ap.add_argument("--stop-after-failures", type=int, default=2, help="stop the ramp after N failed steps")
     ap.add_argument("--faults", action=argparse.BooleanOptionalAction, default=True)
