@@ -43,4 +43,8 @@ demo: $(STAMP) ## run the live pipeline with a simulator until Ctrl-C
 clean-state: services-down ## stop services and delete .state (all local data)
 	rm -rf .state
 
-.PHONY: help install services-up services-down services-status test test-faults lint demo clean-state
+BENCH_ARGS ?=
+bench: $(STAMP) services-up ## end-to-end benchmark: ramp of offered rates, table + JSON + PNG (loadtests/README.md)
+	$(BIN)/python -m loadtests.e2e $(BENCH_ARGS)
+
+.PHONY: bench help install services-up services-down services-status test test-faults lint demo clean-state

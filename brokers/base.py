@@ -70,6 +70,10 @@ class Consumer(Protocol):
 
     def assignment(self) -> frozenset[TopicPartition]: ...
 
+    def lags(self) -> Mapping[TopicPartition, int]:
+        """Records behind the high watermark, per assigned partition, as of the last fetch."""
+        ...
+
 
 class Bus(Protocol):
     """A factory of producers and consumers on one cluster."""

@@ -249,6 +249,7 @@ class KafkaConsumer:
         self._group = group
         self._listener = _Listener(on_revoked, on_assigned)
         self._consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}  # next offset after the last fetched
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -296,6 +297,9 @@ class KafkaConsumer:
         if self._consumer is None:
             raise NotStartedError("KafkaConsumer.getmany before start()")
         raw = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        for tp, msgs in raw.items():
+            if msgs:
+                self._positions[TopicPartition(tp.topic, tp.partition)] = msgs[-1].offset + 1
         return {
             TopicPartition(tp.topic, tp.partition): [
                 Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in msgs
@@ -303,6 +307,20 @@ class KafkaConsumer:
             for tp, msgs in raw.items()
             if msgs
         }
+
+    def lags(self) -> Mapping[TopicPartition, int]:
+        """High watermark (as of the last fetch response) minus the next offset to hand out."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        out: dict[TopicPartition, int] = {}
+        for ktp in consumer.assignment():
+            tp = TopicPartition(ktp.topic, ktp.partition)
+            high = consumer.highwater(ktp)
+            position = self._positions.get(tp)
+            if high is not None and position is not None:
+                out[tp] = max(0, high - position)
+        return out
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if self._consumer is None:

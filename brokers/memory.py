@@ -221,6 +221,9 @@ class MemoryConsumer:
             self._positions[tp] = msgs[-1].offset + 1
         return out
 
+    def lags(self) -> Mapping[TopicPartition, int]:
+        return {tp: len(self._bus._log(tp.topic)[tp.partition]) - pos for tp, pos in self._positions.items()}
+
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not self._started:
             raise NotStartedError("MemoryConsumer.commit before start()")

@@ -121,6 +121,8 @@ class ConsumerStage:
         try:
             while not self._stopping.is_set():
                 batches = await self.consumer.getmany(self._poll_timeout_ms, self._max_records)
+                if self._metrics is not None:
+                    self._observe_fetch(batches)
                 if batches:
                     await self._handle(batches)
                 if self._pending and self._checkpoint_due():
@@ -137,6 +139,19 @@ class ConsumerStage:
                 with contextlib.suppress(BaseException):
                     await self._checkpointing
             await self.consumer.stop()
+
+    def _observe_fetch(self, batches: Batches) -> None:
+        assert self._metrics is not None
+        m = self._metrics
+        now_ms = time.time() * 1000
+        for tp, msgs in batches.items():
+            m.messages.labels(self.name, tp.topic, "consumed").inc(len(msgs))
+            m.consumer_lag_age.labels(self.name, tp.topic, str(tp.partition)).set(
+                max(0.0, (now_ms - msgs[-1].timestamp_ms) / 1000))
+        if batches:
+            m.batch_records.labels(self.name).observe(sum(len(x) for x in batches.values()))
+        for tp, lag in self.consumer.lags().items():
+            m.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(lag)
 
     def _checkpoint_due(self) -> bool:
         return time.monotonic() - self._pending_since >= self._checkpoint_interval_s

@@ -10,6 +10,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10_000, 20_000)
+# End-to-end latency: fine below the 2 s objective (a bucket edge, so "p99 < 2 s" is exact).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5,
+                   2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -51,6 +55,34 @@ class Metrics:
         self.bridge_canaries = Counter(
             f"{prefix}_bridge_canaries", "Bridge canaries by outcome (sent, returned, lost, unsent, echoed)",
             ["outcome"], registry=r,
+        )
+        self.messages = Counter(
+            f"{prefix}_messages",
+            "Messages received (MQTT), consumed or produced (Kafka), by stage, topic and outcome",
+            ["stage", "topic", "outcome"], registry=r,
+        )
+        self.batch_records = Histogram(
+            f"{prefix}_batch_records", "Records per handled batch, by stage", ["stage"],
+            buckets=_SIZE_BUCKETS, registry=r,
+        )
+        self.consumer_lag = Gauge(
+            f"{prefix}_consumer_lag_records",
+            "Records behind the partition's high watermark after the last fetch",
+            ["stage", "topic", "partition"], registry=r,
+        )
+        self.consumer_lag_age = Gauge(
+            f"{prefix}_consumer_lag_seconds",
+            "Age (now - Kafka timestamp) of the last record handled, per partition",
+            ["stage", "topic", "partition"], registry=r,
+        )
+        self.db_write_seconds = Histogram(
+            f"{prefix}_db_write_seconds", "Database transaction time, by operation", ["operation"],
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.receive_to_commit = Histogram(
+            f"{prefix}_receive_to_commit_seconds",
+            "Uplinks: bridge receive time (carried in every record) to the database commit of "
+            "their readings", buckets=LATENCY_BUCKETS, registry=r,
         )
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:

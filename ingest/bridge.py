@@ -215,6 +215,11 @@ class Bridge:
         self.forwarded += len(records)
         self.dead_letters += len(dead)
         if self._metrics is not None:
-            self._metrics.records.labels("bridge", "forwarded").inc(len(records))
+            mx = self._metrics
+            mx.records.labels("bridge", "forwarded").inc(len(records))
+            mx.messages.labels("bridge", UPLINK_FILTER, "received").inc(len(batch))
+            mx.messages.labels("bridge", self._raw_topic, "produced").inc(len(records))
+            mx.batch_records.labels("bridge").observe(len(batch))
             if dead:
-                self._metrics.dead_letters.labels("bridge", OVERSIZE).inc(len(dead))
+                mx.dead_letters.labels("bridge", OVERSIZE).inc(len(dead))
+                mx.messages.labels("bridge", self._dlq_topic, "produced").inc(len(dead))

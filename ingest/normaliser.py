@@ -306,6 +306,9 @@ class Normaliser:
         c.late += late
         c.conflicting_duplicates += conflicts
         if self._metrics is not None:
+            produced = self._metrics.messages
+            produced.labels(STAGE, self._readings_topic, "produced").inc(len(good))
+            produced.labels(STAGE, self._dlq_topic, "produced").inc(len(bad))
             m = self._metrics.records
             m.labels(STAGE, "readings").inc(readings)
             m.labels(STAGE, "duplicates").inc(duplicates)

@@ -37,13 +37,19 @@ class Writer:
         self._producer = bus.producer()
         self._dlq_topic = dlq_topic
         self.stage = ConsumerStage(bus, [readings_topic], group, self._handle, max_records=max_records,
-                                   metrics=metrics, name=STAGE, checkpoint=sink.flush,
+                                   metrics=metrics, name=STAGE, checkpoint=self._flush,
                                    checkpoint_interval_s=checkpoint_interval_s)
         self.rows_inserted = 0
         self.readings_conflicting = 0  # same device, metric and time as a stored row, other value
 
     def request_stop(self) -> None:
         self.stage.request_stop()
+
+    async def _flush(self) -> None:
+        started = time.perf_counter()
+        await self._sink.flush()
+        if self._metrics is not None:
+            self._metrics.db_write_seconds.labels("flush").observe(time.perf_counter() - started)
 
     async def run(self) -> None:
         await self._producer.start()
@@ -66,6 +72,8 @@ class Writer:
         offered, inserted, conflicting = await self._write_isolating(pairs, dead)
         if dead:
             await self._producer.send_batch(self._dlq_topic, [record for _, record in dead])
+            if self._metrics is not None:
+                self._metrics.messages.labels(STAGE, self._dlq_topic, "produced").inc(len(dead))
         self.rows_inserted += inserted
         self.readings_conflicting += conflicting
         if self._metrics is not None:
@@ -87,7 +95,10 @@ class Writer:
         if not pairs:
             return 0, 0, 0
         try:
+            started = time.perf_counter()
             result = await self._sink.write([b for _, b in pairs])
+            if self._metrics is not None:
+                self._observe_commit(pairs, time.perf_counter() - started)
             return result.readings_offered, result.readings_inserted, result.readings_conflicting
         except StorageRejectedError as exc:
             if len(pairs) == 1:
@@ -98,6 +109,16 @@ class Writer:
             a = await self._write_isolating(pairs[:half], dead)
             b2 = await self._write_isolating(pairs[half:], dead)
             return a[0] + b2[0], a[1] + b2[1], a[2] + b2[2]
+
+
+    def _observe_commit(self, pairs: list[tuple[Message, RecordBatch]], seconds: float) -> None:
+        """The batch's transaction time, and each uplink's bridge-receive-to-commit latency."""
+        assert self._metrics is not None
+        self._metrics.db_write_seconds.labels("write").observe(seconds)
+        observe = self._metrics.receive_to_commit.observe
+        now = time.time_ns()
+        for _, b in pairs:
+            observe((now - b.received_ns) / 1e9)
 
 
 def _dead_letter(m: Message, reason: str, text: str, device_id: str) -> KeyValue:
