@@ -197,6 +197,7 @@ class AlertEngine:
     # ---- evaluation --------------------------------------------------------------------------
     async def _handle(self, batches: Batches) -> None:
         async with self._lock:
+            started = time.perf_counter()
             s = self._settings
             for tp, messages in batches.items():
                 for m in messages:
@@ -223,6 +224,7 @@ class AlertEngine:
                             if isinstance(c.rule.condition, StateDuration):
                                 self.durations.schedule(c, batch.device_id, ds)
                     self.metrics.lag.set(max(0.0, (self.clock() - batch.received_ns) / NS))
+            self.metrics.evaluation_seconds.observe(time.perf_counter() - started)
 
     def check_silence(self) -> int:
         """Evaluate the devices whose silence deadline has passed (caller holds the lock)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class AlertMetrics:
@@ -14,6 +14,9 @@ class AlertMetrics:
                                    ["action", "grade", "condition"], registry=r)
         self.bad_records = Counter("citysense_alert_bad_records", "Readings-topic records not decodable",
                                    registry=r)
+        self.evaluation_seconds = Histogram(
+            "citysense_alert_evaluation_seconds", "Time to evaluate one consumed batch of readings",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
         self.lag = Gauge("citysense_alert_engine_lag_seconds",
                          "Clock minus the newest evaluated batch's received time", registry=r)
         self.notifications = Counter("citysense_alert_notification_attempts",
