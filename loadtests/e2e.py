@@ -86,7 +86,7 @@ class Bench:
             database=stack.database,
         )
         self.pool = MqttPool("127.0.0.1", stack.mqtt_port, username="citysense-loadgen",
-                             password=stack.bridge_password, size=a.connections)
+                             password=stack.loadgen_password, size=a.connections)
         sc = load_scenario("scale")
         assert isinstance(sc, ScaleScenario)
         specs = scale_devices(sc, a.devices)

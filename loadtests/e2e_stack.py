@@ -31,6 +31,7 @@ from brokers.base import TopicSpec
 from brokers.kafka import KafkaBus, KafkaConfig
 from citysense.settings import PROJECT_ROOT, state_dir
 from loadtests.e2e_measure import scrape
+from loadtests.storage_common import drop_database
 from storage import migrations
 
 MOSQUITTO_SH = PROJECT_ROOT / "deploy" / "local" / "mosquitto.sh"
@@ -92,6 +93,10 @@ class Stack:
     @property
     def bridge_password(self) -> str:
         return self.broker["CITYSENSE_MQTT_BRIDGE_PASSWORD"]
+
+    @property
+    def loadgen_password(self) -> str:
+        return self.broker["CITYSENSE_MQTT_LOADGEN_PASSWORD"]
 
     def _broker(self, verb: str) -> None:
         assert self.broker_dir is not None
@@ -209,9 +214,7 @@ class Stack:
                 await admin.close()
         if self.database:
             base = os.environ.get("CITYSENSE_DATABASE_URL") or self.shared["CITYSENSE_DATABASE_URL"]
-            with psycopg.connect(base, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(self.database)))
+            await drop_database(base, self.database)
         if self.broker_dir is not None:
             with contextlib.suppress(subprocess.CalledProcessError):
                 self._broker("down")

@@ -43,10 +43,10 @@ async def scratch_database(prefix: str) -> AsyncIterator[str]:
     try:
         yield with_dbname(url, name)
     finally:
-        await _drop_database(url, name)
+        await drop_database(url, name)
 
 
-async def _drop_database(url: str, name: str) -> None:
+async def drop_database(url: str, name: str) -> None:
     """Drop ``name``, waiting out the server's own workers in it.
 
     ``WITH (FORCE)`` refuses, for a role without ``pg_signal_backend``, while an

@@ -50,7 +50,7 @@ async def test_every_stage_process_exports_its_metrics(service_env: ServiceEnv) 
     await stack.start()
     try:
         pool = MqttPool("127.0.0.1", stack.mqtt_port, username="citysense-loadgen",
-                        password=stack.bridge_password, size=1)
+                        password=stack.loadgen_password, size=1)
         await pool.start()
         ids = air_device_ids(5, prefix="metrics-")
         start_ns = time.time_ns() - 600 * 10**9

@@ -50,7 +50,7 @@ async def test_two_bridges_and_two_normalisers_share_the_load_exactly(service_en
     try:
         await _wait_for_members(stack, stack.groups["normalise"], 2)
         pool = MqttPool("127.0.0.1", stack.mqtt_port, username="citysense-loadgen",
-                        password=stack.bridge_password, size=2)
+                        password=stack.loadgen_password, size=2)
         await pool.start()
         start_ns = time.time_ns() - 3600 * 10**9
         streams = [air_uplinks(d, PER_DEVICE, start_ns=start_ns, interval_ns=60 * 10**9)
