@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from api.cli import api_command, apikey_app
 from citysense.settings import PROJECT_ROOT, CommonSettings, load_settings
 from ingest.dlq.cli import dlq_app
 
@@ -26,6 +27,8 @@ app.add_typer(devices_app, name="devices")
 scenario_app = typer.Typer(help="Simulator scenarios (simulators/scenarios/*.yaml).", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(apikey_app, name="apikey")
+app.command("api")(api_command)
 
 SERVICES_SCRIPT = PROJECT_ROOT / "deploy" / "local" / "services.sh"
 
