@@ -25,7 +25,6 @@ from storage.db import open_pool
 from storage.exceptions import StorageUnavailableError
 
 log = logging.getLogger("citysense.api")
-PREFIX = "/api/v1"
 
 
 def _database_url(settings: ApiSettings) -> str:
@@ -104,8 +103,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.add_exception_handler(exc_type, _unavailable)
     app.include_router(health.router)
     for module in (devices, series, city, sites, chargers, alerts, silences, rules, stream):
-        app.include_router(module.router, prefix=PREFIX)
-    app.include_router(devices.latest_router, prefix=PREFIX)
+        app.include_router(module.router)  # each router carries its /api/v1 prefix (metrics label by it)
+    app.include_router(devices.latest_router)
     static = resources.files("api") / "static"
     app.mount("/", StaticFiles(directory=str(static), html=True), name="dashboard")
     return app

@@ -21,9 +21,10 @@ from api.deps import ConnDep, Operator, SettingsDep, Viewer
 from api.errors import ERRORS, NOT_FOUND, not_found, unprocessable
 from api.live import GRADES
 from api.models import AlertOut
+from api.routes import V1
 from storage import alerts_store, api_alerts
 
-router = APIRouter(tags=["alerts"], responses=ERRORS)
+router = APIRouter(prefix=V1, tags=["alerts"], responses=ERRORS)
 Id = Annotated[int, Path(ge=1, le=2**62)]
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 GradeName = Literal["red", "orange", "yellow", "blue"]

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 from api.city_models import ConnectorOut, StationOut
 from api.deps import ConnDep, ThresholdsDep, Viewer
 from api.errors import ERRORS
+from api.routes import V1
 from storage import api_city
 
-router = APIRouter(prefix="/chargers", tags=["chargers"], responses=ERRORS)
+router = APIRouter(prefix=f"{V1}/chargers", tags=["chargers"], responses=ERRORS)
 
 
 @router.get("/stations", response_model=list[StationOut])

@@ -12,11 +12,12 @@ from api.city_models import GridCellOut, MapOut, Overview, SiteOut, StatusCountO
 from api.deps import ConnDep, SettingsDep, ThresholdsDep, Viewer
 from api.errors import ERRORS
 from api.models import GRADE_NAMES
+from api.routes import V1
 from storage import api_city, queries
 from storage.api_devices import Thresholds
 from storage.db import Conn
 
-router = APIRouter(tags=["city"], responses=ERRORS)
+router = APIRouter(prefix=V1, tags=["city"], responses=ERRORS)
 
 
 async def _overview(conn: Conn, th: Thresholds, request: Request) -> Overview:

@@ -23,11 +23,12 @@ from api.models import (
     ImportResult,
     LatestPage,
 )
+from api.routes import V1
 from storage import api_alerts, api_devices, registry
 from storage.api_devices import DeviceFilter
 
-router = APIRouter(prefix="/devices", tags=["devices"], responses=ERRORS)
-latest_router = APIRouter(tags=["devices"], responses=ERRORS)
+router = APIRouter(prefix=f"{V1}/devices", tags=["devices"], responses=ERRORS)
+latest_router = APIRouter(prefix=V1, tags=["devices"], responses=ERRORS)
 
 DeviceId = Annotated[str, Path(min_length=1, max_length=200)]
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]

@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-router = APIRouter(prefix="/rules", tags=["rules"])
+from api.routes import V1
+
+router = APIRouter(prefix=f"{V1}/rules", tags=["rules"])

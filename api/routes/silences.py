@@ -10,9 +10,10 @@ from fastapi import APIRouter, Path
 from api.alert_models import SilenceIn, SilenceOut
 from api.deps import ConnDep, Operator, Viewer
 from api.errors import ERRORS, NOT_FOUND, not_found, unprocessable
+from api.routes import V1
 from storage import alert_rules_store
 
-router = APIRouter(prefix="/silences", tags=["alerts"], responses=ERRORS)
+router = APIRouter(prefix=f"{V1}/silences", tags=["alerts"], responses=ERRORS)
 
 
 @router.get("", response_model=list[SilenceOut])

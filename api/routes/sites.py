@@ -12,11 +12,12 @@ from api.convert import device_latest
 from api.deps import ConnDep, SettingsDep, ThresholdsDep, Viewer
 from api.errors import ERRORS, NOT_FOUND, not_found, unprocessable
 from api.models import AlertOut
+from api.routes import V1
 from storage import api_alerts, api_city, api_devices
 from storage.api_devices import DeviceFilter, Thresholds
 from storage.db import Conn
 
-router = APIRouter(tags=["sites"], responses=ERRORS)
+router = APIRouter(prefix=V1, tags=["sites"], responses=ERRORS)
 SiteKind = Literal["bridge", "charging_station", "monitoring_point"]
 
 

@@ -18,9 +18,10 @@ from sse_starlette import EventSourceResponse
 from api.deps import ConnDep, HubDep, SettingsDep, ThresholdsDep, Viewer
 from api.errors import ERRORS, NOT_FOUND, not_found
 from api.live import GRADES, LiveHub, Subscription
+from api.routes import V1
 from storage import api_devices
 
-router = APIRouter(prefix="/stream", tags=["live"], responses=ERRORS)
+router = APIRouter(prefix=f"{V1}/stream", tags=["live"], responses=ERRORS)
 _SSE = {200: {"content": {"text/event-stream": {}}, "description": "an event stream"}}
 
 
