@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 from api.auth import KeyCache, RateLimiter
 from api.live import LiveHub
 from api.metrics import ApiMetrics
-from api.routes import alerts, chargers, city, devices, health, rules, series, silences, sites, stream
+from api.routes import alerts, chargers, city, devices, health, me, rules, series, silences, sites, stream
 from api.settings import ApiSettings
 from citysense.exceptions import ConfigurationError
 from storage import api_alerts, migrations
@@ -102,7 +102,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     for exc_type in (StorageUnavailableError, psycopg.OperationalError, PoolTimeout):
         app.add_exception_handler(exc_type, _unavailable)
     app.include_router(health.router)
-    for module in (devices, series, city, sites, chargers, alerts, silences, rules, stream):
+    for module in (me, devices, series, city, sites, chargers, alerts, silences, rules, stream):
         app.include_router(module.router)  # each router carries its /api/v1 prefix (metrics label by it)
     app.include_router(devices.latest_router)
     static = resources.files("api") / "static"
