@@ -88,6 +88,14 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 
 
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database can never store (a NUL character, an out-of-range number): the
+    request's fault, so 422, not 500."""
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return JSONResponse({"detail": [{"loc": ["request"], "msg": f"a value cannot be stored: {msg}",
+                                     "type": "value_error"}]}, status_code=422)
+
+
 def create_app(settings: ApiSettings) -> FastAPI:
     app = FastAPI(title="citysense", version="1", lifespan=lifespan,
                   description="City status now, history on demand, alerts handled to the end.")
@@ -101,6 +109,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.middleware("http")(app.state.metrics.middleware)
     for exc_type in (StorageUnavailableError, psycopg.OperationalError, PoolTimeout):
         app.add_exception_handler(exc_type, _unavailable)
+    app.add_exception_handler(psycopg.DataError, _refused)
     app.include_router(health.router)
     for module in (me, devices, series, city, sites, chargers, alerts, silences, rules, stream):
         app.include_router(module.router)  # each router carries its /api/v1 prefix (metrics label by it)
