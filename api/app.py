@@ -32,7 +32,8 @@ def _database_url(settings: ApiSettings) -> str:
         raise ConfigurationError("CITYSENSE_DATABASE_URL is not set")
     url = settings.database_url.get_secret_value()
     # Every statement of a request is bounded: a query over its time never holds a worker.
-    return psycopg.conninfo.make_conninfo(url, options=f"-c statement_timeout={settings.api_statement_timeout_ms}")
+    timeout = f"-c statement_timeout={settings.api_statement_timeout_ms}"
+    return psycopg.conninfo.make_conninfo(url, options=timeout)
 
 
 async def _start_hub(app: FastAPI, settings: ApiSettings) -> None:
@@ -53,7 +54,7 @@ async def _start_hub(app: FastAPI, settings: ApiSettings) -> None:
                   settings.api_sse_buffer, district_of, app.state.metrics.sse_dropped.inc)
     try:
         await hub.start()
-    except Exception as exc:  # the API still serves queries without Kafka; readyz says so
+    except Exception as exc:  # noqa: BLE001  # the API still serves queries without Kafka; readyz says so
         log.warning("live streams off: Kafka at %s unreachable (%s)", settings.kafka_bootstrap, exc)
         await hub.stop()
         return

@@ -101,7 +101,8 @@ class LiveHub:
         self._uplinks: deque[tuple[float, int]] = deque()
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(self._alerts_topic, self._readings_topic, bootstrap_servers=self._bootstrap,
+        consumer = AIOKafkaConsumer(self._alerts_topic, self._readings_topic,
+                                    bootstrap_servers=self._bootstrap,
                                     group_id=None, enable_auto_commit=False, auto_offset_reset="latest",
                                     client_id="citysense-api-live")
         await consumer.start()
@@ -131,7 +132,7 @@ class LiveHub:
             return False
         try:
             await asyncio.wait_for(self._consumer.topics(), timeout=3)
-        except Exception:  # any failure to fetch metadata means not ready
+        except Exception:  # noqa: BLE001  # any failure to fetch metadata means not ready
             return False
         return True
 
@@ -203,7 +204,8 @@ class LiveHub:
             return
         self._deliver(subs, {
             "device_id": batch.device_id, "received_ns": batch.received_ns,
-            "readings": [{"metric": r.metric, "time_ns": r.time_ns, "value": r.value} for r in batch.readings],
+            "readings": [{"metric": r.metric, "time_ns": r.time_ns, "value": r.value}
+                         for r in batch.readings],
         })
 
     async def _alert(self, value: bytes) -> None:

@@ -44,7 +44,8 @@ def _page_limit(limit: int | None, settings: SettingsDep) -> int:
 
 
 def _filter(kind: str | None, profile: str | None, district: str | None, township: str | None,
-            site: str | None, status: Literal["online", "late", "offline"] | None, q: str | None) -> DeviceFilter:
+            site: str | None, status: Literal["online", "late", "offline"] | None,
+            q: str | None) -> DeviceFilter:
     return DeviceFilter(kind=kind, profile=profile, district=district, township=township, site_id=site,
                         status=status, text=q)
 
@@ -59,7 +60,8 @@ async def list_devices(
 ) -> DevicePage:
     """Active devices matching every filter, in device-id order, one page at a time."""
     n = _page_limit(limit, settings)
-    rows = await api_devices.list_devices(conn, _filter(kind, profile, district, township, site, status, q), th,
+    f = _filter(kind, profile, district, township, site, status, q)
+    rows = await api_devices.list_devices(conn, f, th,
                                           after=pagination.decode(cursor, str), limit=n)
     nxt = pagination.encode(rows[-1].device_id) if len(rows) == n else None
     return DevicePage(items=[device_out(r) for r in rows], next_cursor=nxt)
@@ -155,5 +157,6 @@ async def import_devices(body: Annotated[registry.Registry, Body()], _: Admin, c
         sites, devices = await registry.import_registry(conn, body)
     except psycopg.errors.ForeignKeyViolation as exc:
         detail = exc.diag.message_detail or ""
-        raise unprocessable(["body", "devices"], f"a device names a site that does not exist: {detail}") from exc
+        raise unprocessable(["body", "devices"],
+                            f"a device names a site that does not exist: {detail}") from exc
     return ImportResult(sites=sites, devices=devices)

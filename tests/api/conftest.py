@@ -80,7 +80,8 @@ def api(service_env: ServiceEnv) -> Iterator[Api]:
         asyncio.run(bus.create_topics([TopicSpec(t, 1) for t in topics.values()]))
         county = asyncio.run(populate(db_url))
         port = _free_port()
-        settings = ApiSettings(database_url=db_url, kafka_bootstrap=service_env.kafka_bootstrap, api_port=port,
+        settings = ApiSettings(database_url=db_url, kafka_bootstrap=service_env.kafka_bootstrap,
+                               api_port=port,
                                api_rate_per_s=1000, api_rate_burst=5000, api_overview_cache_s=0,
                                api_sse_ping_s=1, api_key_cache_s=0, **topics)
         app = create_app(settings)

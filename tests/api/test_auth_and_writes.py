@@ -35,7 +35,8 @@ def test_401_without_or_with_a_bad_key(api: Api) -> None:
 MUTATIONS = [
     ("post", "/alerts/{a}/acknowledge", "operator"), ("post", "/alerts/{a}/resolve", "operator"),
     ("post", "/incidents/{i}/acknowledge", "operator"), ("post", "/silences", "operator"),
-    ("delete", "/silences/1", "operator"), ("post", "/devices", "admin"), ("patch", "/devices/brg-01", "admin"),
+    ("delete", "/silences/1", "operator"), ("post", "/devices", "admin"),
+    ("patch", "/devices/brg-01", "admin"),
     ("delete", "/devices/brg-01", "admin"), ("post", "/devices/import", "admin"),
 ]
 

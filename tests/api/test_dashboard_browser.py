@@ -81,7 +81,8 @@ async def test_dashboard_live_in_chromium(api: Api, service_env: ServiceEnv, tmp
                     stats = await fleet.publish_all(list(interleaved_air_uplinks(NEW, 3, 7, start)), qos=1)
                     assert stats.errors == 0 and stats.acked == 15
                     await page.wait_for_function(
-                        f"Number(document.getElementById('t-online').textContent) >= {online_before + len(NEW)}",
+                        "Number(document.getElementById('t-online').textContent) >= "
+                        f"{online_before + len(NEW)}",
                         timeout=60_000)
             finally:
                 await fleet.stop()

@@ -12,9 +12,9 @@ import httpx
 import msgspec
 import pytest
 
+from api.live import LiveHub
 from brokers.kafka import KafkaBus, KafkaConfig
 from citysense.records import encode
-from api.live import LiveHub
 from tests.api.conftest import Api
 from tests.storage.factories import real_now, uplink
 
@@ -127,13 +127,14 @@ def alert_stream(api: Api) -> Iterator[SseReader]:
 def test_alert_stream_filters_by_grade_and_district(api: Api, alert_stream: SseReader) -> None:
     with api.client() as c:
         here = c.get(f"{V1}/devices/brg-01").json()["device"]["district"]
-        elsewhere = next(d["device_id"] for d in c.get(f"{V1}/devices", params={"kind": "bridge"}).json()["items"]
-                         if d["district"] != here)
+        bridges = c.get(f"{V1}/devices", params={"kind": "bridge"}).json()["items"]
+        elsewhere = next(d["device_id"] for d in bridges if d["district"] != here)
     assert here == "渠江片区"
     transition = {"alert_id": 1, "seq": 2, "to_state": "firing", "action": "fired"}
     _produce(api, api.settings.topic_alerts, [
         (b"brg-01", msgspec.json.encode({**transition, "device_id": "brg-01", "grade": 3})),  # too low
-        (elsewhere.encode(), msgspec.json.encode({**transition, "device_id": elsewhere, "grade": 1})),  # elsewhere
+        # red, but in another district
+        (elsewhere.encode(), msgspec.json.encode({**transition, "device_id": elsewhere, "grade": 1})),
         (b"x", b"\xff not an alert"),  # ignored
         (b"brg-01", msgspec.json.encode({**transition, "device_id": "brg-01", "grade": 1, "seq": 3})),
     ])
