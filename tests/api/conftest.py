@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -63,7 +64,7 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
+        self.server.handle_exit(signal.SIGTERM, None)  # as a real SIGTERM: sse-starlette hooks it
         self.thread.join(timeout=15)
 
 

@@ -15,7 +15,8 @@ import pytest
 from api.live import LiveHub
 from brokers.kafka import KafkaBus, KafkaConfig
 from citysense.records import encode
-from tests.api.conftest import Api
+from api.app import create_app
+from tests.api.conftest import Api, ServerThread, _free_port
 from tests.storage.factories import real_now, uplink
 
 pytestmark = pytest.mark.services
@@ -173,3 +174,19 @@ async def test_slow_subscriber_is_dropped_not_waited_for() -> None:
     assert await slow.next() is None and hub.subscribers == 1
     await hub.stop()
     assert fast.closed and await fast.next() is None and hub.subscribers == 0
+
+
+def test_stopping_the_api_ends_open_streams(api: Api) -> None:
+    import time
+
+    port = _free_port()
+    server = ServerThread(create_app(api.settings.model_copy(update={"api_port": port})), port)
+    with server:
+        other = Api(f"http://127.0.0.1:{port}", api.db_url, api.county, api.settings, None)
+        reader = SseReader(other, f"{V1}/stream/alerts").__enter__()
+        started = time.monotonic()
+    took = time.monotonic() - started
+    assert not server.thread.is_alive(), "the server did not stop with a stream open"
+    reader.__exit__(None, None, None)
+    assert not reader._thread.is_alive()
+    assert took < 2.5, f"shutdown took {took:.1f} s with a stream open (grace is 3 s)"
