@@ -105,7 +105,11 @@ class LiveHub:
                                     bootstrap_servers=self._bootstrap,
                                     group_id=None, enable_auto_commit=False, auto_offset_reset="latest",
                                     client_id="citysense-api-live")
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="api-live")
 
