@@ -93,11 +93,13 @@ async def populate(url: str, args: argparse.Namespace) -> str:
 def _one(device_id: str, now: datetime) -> RecordBatch:
     ns = int(now.timestamp()) * 1_000_000_000
     return RecordBatch(device_id=device_id, received_ns=ns,
-                       readings=(Reading(device_id, "pm25", ns, 12.0, ns), Reading(device_id, "no2", ns, 30.0, ns)))
+                       readings=(Reading(device_id, "pm25", ns, 12.0, ns),
+                                 Reading(device_id, "no2", ns, 30.0, ns)))
 
 
 async def _alerts(conn: psycopg.AsyncConnection[object], n: int, now: datetime) -> None:
-    rows = [(f"rule-{i % 20}", f"air-{i % 200:05d}", "threshold", "pm25", "firing" if i % 4 == 0 else "resolved",
+    rows = [(f"rule-{i // 200}", f"air-{i % 200:05d}", "threshold", "pm25",
+             "firing" if i % 4 == 0 else "resolved",
              1 + i % 4, now - timedelta(minutes=i)) for i in range(n)]
     async with conn.cursor() as cur:
         await cur.executemany(
@@ -136,7 +138,8 @@ def run(url: str, token: str, args: argparse.Namespace) -> None:
             locust_env = {**os.environ, "CITYSENSE_BENCH_KEY": token, "CITYSENSE_BENCH_DEVICES": devices,
                           "CITYSENSE_BENCH_DISTRICTS": ",".join(d[0] for d in DISTRICTS)}
             subprocess.run([str(exe / "locust"), "-f", str(Path(__file__).with_name("api_locust.py")),
-                            "--headless", "-u", str(args.users), "-r", str(args.users), "-t", f"{args.duration}s",
+                            "--headless", "-u", str(args.users), "-r", str(args.users),
+                            "-t", f"{args.duration}s",
                             "--host", base, "--csv", prefix, "--only-summary", "--loglevel", "WARNING"],
                            env=locust_env, check=False, timeout=args.duration + 120,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
