@@ -3,6 +3,7 @@ the database pool and the live-stream consumer and closes them on shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -107,6 +108,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     app.state.limiter = RateLimiter(settings.api_rate_per_s, settings.api_rate_burst)
     app.state.overview_cache = None
+    app.state.overview_lock = asyncio.Lock()
+    app.state.overview_task = None
     app.middleware("http")(app.state.metrics.middleware)
     for exc_type in (StorageUnavailableError, psycopg.OperationalError, PoolTimeout):
         app.add_exception_handler(exc_type, _unavailable)

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import uvicorn
 from psycopg import sql
+from sse_starlette.sse import AppStatus
 
 from api.app import create_app
 from api.settings import ApiSettings
@@ -66,6 +67,9 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.handle_exit(signal.SIGTERM, None)  # as a real SIGTERM: sse-starlette hooks it
         self.thread.join(timeout=15)
+        # sse-starlette keeps "the server is exiting" process-wide (one server per process in
+        # production); the next test server in this process must start without it.
+        AppStatus.should_exit = False
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import httpx
 import msgspec
 import pytest
 
+from api.app import create_app
 from api.live import LiveHub
 from brokers.kafka import KafkaBus, KafkaConfig
 from citysense.records import encode
-from api.app import create_app
 from tests.api.conftest import Api, ServerThread, _free_port
 from tests.storage.factories import real_now, uplink
 
