@@ -36,11 +36,11 @@ class Subscription:
         self.max_grade = max_grade
         self.dropped = False
         self.closed = False
-        self._items: deque[dict[str, Any]] = deque()
+        self._items: deque[str] = deque()
         self._limit = limit
         self._wake = asyncio.Event()
 
-    def push(self, item: dict[str, Any]) -> bool:
+    def push(self, item: str) -> bool:
         """False when the buffer is full: the subscriber is too slow and is dropped."""
         if self.closed:
             return True
@@ -56,7 +56,7 @@ class Subscription:
         self.closed = True
         self._wake.set()
 
-    async def next(self) -> dict[str, Any] | None:
+    async def next(self) -> str | None:
         """The next item, or None once closed (stop, or dropped)."""
         while not self._items and not self.closed:
             self._wake.clear()
@@ -191,8 +191,11 @@ class LiveHub:
                         await self._alert(m.value)
 
     def _deliver(self, subs: set[Subscription], item: dict[str, Any]) -> None:
+        if not subs:
+            return
+        data = json.dumps(item, default=str, ensure_ascii=False)  # once, whatever the subscribers
         for sub in list(subs):
-            if not sub.push(item):
+            if not sub.push(data):
                 self.unsubscribe(sub)
                 self._on_drop()
 

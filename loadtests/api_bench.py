@@ -133,6 +133,7 @@ def run(url: str, token: str, args: argparse.Namespace) -> None:
         else:
             raise SystemExit(f"the API did not start; see {log}")
         devices = ",".join(device_ids(args.series_devices, args.series_devices))
+        _warm_up(base, token, devices.split(","))
         with tempfile.TemporaryDirectory() as tmp:
             prefix = str(Path(tmp) / "api")
             locust_env = {**os.environ, "CITYSENSE_BENCH_KEY": token, "CITYSENSE_BENCH_DEVICES": devices,
@@ -150,6 +151,18 @@ def run(url: str, token: str, args: argparse.Namespace) -> None:
     finally:
         api.terminate()
         api.wait(timeout=20)
+
+
+def _warm_up(base: str, token: str, devices: list[str]) -> None:
+    """One request of each kind first: the pool's connections, caches and the overview are
+    ready before the clock starts (the figures are of a running API, not of its first second)."""
+    with httpx.Client(base_url=base, headers={"X-API-Key": token}, timeout=60) as c:
+        c.get("/api/v1/overview")
+        c.get("/api/v1/devices", params={"limit": 100})
+        c.get("/api/v1/alerts", params={"state": "open", "limit": 50})
+        for d in devices[:20]:
+            c.get(f"/api/v1/devices/{d}/latest")
+            c.get(f"/api/v1/devices/{d}/series", params={"metric": "pm25", "bucket": "60"})
 
 
 def _report(stats: Path, args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ async def _events(request: Request, hub: LiveHub, sub: Subscription,
                 if sub.dropped:
                     yield {"event": "dropped", "data": json.dumps({"reason": "client too slow; reconnect"})}
                 return
-            yield {"event": event, "data": json.dumps(item, default=str, ensure_ascii=False)}
+            yield {"event": event, "data": item}  # JSON, encoded once by the hub
     finally:
         hub.unsubscribe(sub)
         metrics.sse_clients.dec()
