@@ -110,6 +110,13 @@ def test_series_raw_and_rollup(api: Api) -> None:
         total = c.get(f"{V1}/devices/brg-01/series", params={
             **base, "from": (now - timedelta(hours=3)).isoformat(), "bucket": "PT10M", "agg": "sum"}).json()
         assert total["source"] == "readings_1m"
+        hourly_sum = c.get(f"{V1}/devices/brg-01/series", params={
+            **base, "from": (now - timedelta(hours=3)).isoformat(), "bucket": "PT1H", "agg": "sum"}).json()
+        assert sum(total["v"]) == pytest.approx(sum(hourly_sum["v"])) and sum(total["v"]) > 0
+        half_hour = {**base, "from": (now - timedelta(minutes=30)).isoformat(), "bucket": "PT30M"}
+        raw = {agg: c.get(f"{V1}/devices/brg-01/series", params={**half_hour, "agg": agg}).json()["v"]
+               for agg in ("sum", "avg", "count")}
+        assert sum(raw["sum"]) == pytest.approx(sum(a * n for a, n in zip(raw["avg"], raw["count"], strict=True)))
         for agg in ("avg", "min", "max", "last"):
             r = c.get(f"{V1}/devices/brg-01/series", params={**base, "bucket": "PT5M", "agg": agg})
             assert r.status_code == 200 and r.json()["agg"] == agg
