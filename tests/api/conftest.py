@@ -93,5 +93,20 @@ def api(service_env: ServiceEnv) -> Iterator[Api]:
         with ServerThread(app, port):
             yield Api(f"http://127.0.0.1:{port}", db_url, county, settings, app)
     finally:
-        with psycopg.connect(service_env.database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(service_env.database_url, name)
+
+
+def drop_database(url: str, name: str) -> None:
+    """Drop ``name``; FORCE is refused while a server worker (autovacuum) is in it, a plain
+    DROP while a client is: try both for a few seconds."""
+    force = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    plain = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for attempt in range(50):
+            try:
+                conn.execute(force if attempt % 2 == 0 else plain)
+                return
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)

@@ -18,7 +18,7 @@ from psycopg import sql
 from api.app import create_app
 from api.settings import ApiSettings
 from storage.schema import POSTGRES, TIMESCALE
-from tests.api.conftest import ServerThread, _free_port
+from tests.api.conftest import ServerThread, _free_port, drop_database
 from tests.api.populate import County, populate
 from tests.conftest import ServiceEnv, _db_url
 from tests.storage.conftest import migrated
@@ -53,9 +53,8 @@ def two_backends(service_env: ServiceEnv) -> Iterator[list[tuple[str, County]]]:
             out.append((url, asyncio.run(populate(url, now))))
         yield out
     finally:
-        with psycopg.connect(service_env.database_url, autocommit=True) as conn:
-            for name in names:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in names:
+            drop_database(service_env.database_url, name)
 
 
 def test_same_answers_on_both_backends(two_backends: list[tuple[str, County]]) -> None:
