@@ -36,6 +36,7 @@ class DeviceFilter:
     site_id: str | None = None
     status: Status | None = None
     text: str | None = None
+    device_ids: tuple[str, ...] | None = None
     include_inactive: bool = False
 
 
@@ -91,6 +92,9 @@ def filter_sql(f: DeviceFilter, params: dict[str, Any]) -> sql.Composable:
     if f.text:
         where.append(sql.SQL("strpos(lower(d.device_id), lower(%(text)s)) > 0"))
         params["text"] = f.text
+    if f.device_ids is not None:
+        where.append(sql.SQL("d.device_id = ANY(%(ids)s)"))
+        params["ids"] = list(f.device_ids)
     if not f.include_inactive:
         where.append(sql.SQL("d.active"))
     return sql.SQL(" AND ").join(where) if where else sql.SQL("true")

@@ -94,6 +94,11 @@ def test_latest_many(api: Api) -> None:
         params = {"kind": "bridge", "limit": 10, "cursor": page["next_cursor"]}
         nxt = c.get(f"{V1}/latest", params=params).json()
         assert nxt["items"][0]["device_id"] > page["items"][-1]["device_id"]
+        ids = [("device", "brg-02"), ("device", "brg-01"), ("device", "nope")]
+        some = c.get(f"{V1}/latest", params=ids).json()
+        assert [i["device_id"] for i in some["items"]] == ["brg-01", "brg-02"]
+        too_many = [("device", f"d{i}") for i in range(101)]
+        assert c.get(f"{V1}/latest", params=too_many).status_code == 422
 
 
 def test_series_raw_and_rollup(api: Api) -> None:
