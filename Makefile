@@ -27,7 +27,7 @@ services-down: ## stop the local services
 services-status: ## show whether each local service is up
 	bash deploy/local/services.sh status
 
-test: $(STAMP) services-up ## run every test against the real local services
+test: $(STAMP) services-up browser ## run every test against the real local services
 	$(BIN)/python -m pytest -rs
 
 test-faults: $(STAMP) services-up ## only the fault suite (restarts the local services; sequential)
@@ -39,6 +39,14 @@ lint: $(STAMP) ## ruff and mypy
 
 demo: $(STAMP) ## run the live pipeline with a simulator until Ctrl-C
 	$(BIN)/citysense demo
+
+browser: ## install Debian's chromium for the dashboard's browser test (idempotent)
+	bash deploy/local/browser.sh
+
+api: $(STAMP) ## serve the query API and dashboard (citysense api)
+	$(BIN)/citysense api
+
+.PHONY: browser api
 
 clean-state: services-down ## stop services and delete .state (all local data)
 	rm -rf .state

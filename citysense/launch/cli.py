@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from alerts.cli import alerts_app, rules_app
+from api.cli import api_command, apikey_app
 from citysense.launch.offsets import offsets_app
 from citysense.logs import install as install_log_rate_limit
 from citysense.settings import PROJECT_ROOT, CommonSettings, load_settings
@@ -31,6 +32,8 @@ app.add_typer(scenario_app, name="scenario")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(rules_app, name="rules"); app.add_typer(alerts_app, name="alerts")  # noqa: E702
 app.add_typer(offsets_app, name="offsets")
+app.add_typer(apikey_app, name="apikey")
+app.command("api")(api_command)
 
 SERVICES_SCRIPT = PROJECT_ROOT / "deploy" / "local" / "services.sh"
 
