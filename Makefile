@@ -34,10 +34,13 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-demo: $(STAMP) ## run the live pipeline with a simulator until Ctrl-C
+demo: $(STAMP) ## the whole platform, embedded (no root, no services), county live until Ctrl-C
+	$(BIN)/citysense up
+
+demo-services: $(STAMP) ## the live pipeline over the local services (Kafka, PostgreSQL, Mosquitto)
 	$(BIN)/citysense demo
 
 clean-state: services-down ## stop services and delete .state (all local data)
 	rm -rf .state
 
-.PHONY: help install services-up services-down services-status test lint demo clean-state
+.PHONY: help install services-up services-down services-status test lint demo demo-services clean-state

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -268,7 +268,7 @@ def up(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    given = {"up_speed": speed, "up_data_dir": data_dir, "up_pg_port": pg_port,
+    given: dict[str, Any] = {"up_speed": speed, "up_data_dir": data_dir, "up_pg_port": pg_port,
              "up_mqtt_port": mqtt_port, "up_api_port": api_port}
     try:
         settings = UpSettings(**{k: v for k, v in given.items() if v is not None})

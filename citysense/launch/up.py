@@ -14,6 +14,7 @@ with Kafka set, nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
@@ -158,10 +159,8 @@ class Up:
                 error = c.failed()
                 if error is not None:
                     raise ConfigurationError(f"{c.name} stopped: {error}") from error
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
             now = self.bridge.forwarded
             dead = self.normaliser.dead_letters + self.bridge.dead_letters
             stored = self._rows_at_start + self.writer.rows_inserted
@@ -175,8 +174,8 @@ class Up:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         devices = getattr(self, "devices", None)
         if devices is not None:
-            while (self.bridge.forwarded + self.bridge.dead_letters < devices.acked
-                   and time.monotonic() < deadline):
+            while (self.bridge.forwarded + self.bridge.dead_letters  # noqa: ASYNC110 - counters
+                   < devices.acked and time.monotonic() < deadline):
                 await asyncio.sleep(0.1)
         bus = getattr(self, "bus", None)
         if bus is None or not hasattr(bus, "committed"):
@@ -202,7 +201,7 @@ class Up:
                 await self.pool.close()
             try:
                 await c.stop()
-            except Exception as exc:  # keep stopping the rest
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                 self.say(f"{c.name}: stop failed: {exc}")
         self.say("stopped cleanly" if self._stopping.is_set() else "stopped")
 

@@ -17,6 +17,7 @@ connection pool (see ``simulators/load.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import zlib
@@ -131,9 +132,7 @@ class CountyDevices:
             pool.flush()
             wait_s = (pending.time_ns - time.time_ns()) / NS
             if wait_s > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=min(0.1, wait_s))
-                except TimeoutError:
-                    pass
             else:
                 await asyncio.sleep(0)

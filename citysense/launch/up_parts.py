@@ -25,6 +25,8 @@ from storage import migrations
 
 def require_port_free(port: int, what: str, option: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the servers do: connections in TIME_WAIT from a previous run do not block a listener
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
