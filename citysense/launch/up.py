@@ -29,7 +29,15 @@ from citysense.exceptions import ConfigurationError
 from citysense.launch.components import Component, StageComponent
 from citysense.launch.runners import topic_specs
 from citysense.launch.up_devices import CountyDevices
-from citysense.launch.up_parts import bus_part, check_schema, database_part, mqtt_part, registry_file
+from citysense.launch.up_parts import (
+    bus_part,
+    check_mqtt_logins,
+    check_ports,
+    check_schema,
+    database_part,
+    mqtt_part,
+    registry_file,
+)
 from citysense.launch.up_settings import SessionSecrets, UpSettings
 from ingest.bridge import Bridge
 from ingest.normaliser import Normaliser
@@ -73,11 +81,14 @@ class Up:
     async def run(self) -> None:
         s = self.settings
         data_dir = s.up_data_dir.resolve()
+        check_ports(s)
         lock = lock_data_dir(data_dir)
         try:
             secrets = SessionSecrets.load_or_create(data_dir)
-            db_url, db = database_part(s)
             mqtt_url, bridge_login, loadgen_login, broker = mqtt_part(s, secrets)
+            if broker is None:
+                await check_mqtt_logins(mqtt_url, [bridge_login, loadgen_login])
+            db_url, db = database_part(s)
             device_secret = s.device_secret.get_secret_value() if s.device_secret else secrets.device_secret
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -38,6 +38,15 @@ def require_port_free(port: int, what: str, option: str) -> None:
             ) from None
 
 
+def check_ports(settings: UpSettings) -> None:
+    """Every port an embedded part will listen on is free (checked before anything is written)."""
+    if settings.database_url is None:
+        require_port_free(settings.up_pg_port, "embedded PostgreSQL", "--pg-port / CITYSENSE_UP_PG_PORT")
+    if settings.mqtt_url is None:
+        require_port_free(settings.up_mqtt_port, "embedded Mosquitto",
+                          "--mqtt-port / CITYSENSE_UP_MQTT_PORT")
+
+
 def embedded_postgres(settings: UpSettings) -> EmbeddedPostgres:
     return EmbeddedPostgres(settings.up_data_dir / "postgres", settings.up_pg_port)
 
@@ -46,7 +55,6 @@ def database_part(settings: UpSettings) -> tuple[str, CallbackComponent | None]:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value(), None
     pg = embedded_postgres(settings)
-    require_port_free(settings.up_pg_port, "embedded PostgreSQL", "--pg-port / CITYSENSE_UP_PG_PORT")
     pg.init()
     pg.check_version()
 
@@ -98,7 +106,6 @@ def mqtt_part(settings: UpSettings, secrets: SessionSecrets
         raise ConfigurationError(
             "no MQTT broker: install Mosquitto (apt-get install mosquitto) or point "
             "CITYSENSE_MQTT_URL at a broker")
-    require_port_free(settings.up_mqtt_port, "embedded Mosquitto", "--mqtt-port / CITYSENSE_UP_MQTT_PORT")
     broker = EmbeddedMosquitto(settings.up_data_dir / "mosquitto", settings.up_mqtt_port, executable)
     bridge = ("citysense-bridge", secrets.bridge_password)
     loadgen = ("citysense-loadgen", secrets.loadgen_password)
@@ -115,6 +122,32 @@ def mqtt_part(settings: UpSettings, secrets: SessionSecrets
         await asyncio.to_thread(broker.stop)
 
     return broker.url, bridge, loadgen, CallbackComponent("mosquitto", start, stop)
+
+
+async def check_mqtt_logins(url: str, logins: list[tuple[str, str]]) -> None:
+    """Log in once with each account before anything is stored: a refusal names the fix."""
+    import uuid
+
+    from brokers.exceptions import BrokerError, BrokerUnavailableError
+    from brokers.mqtt import MqttClient, MqttConfig
+
+    for user, password in logins:
+        client = MqttClient(MqttConfig(url=url, username=user, password=password,
+                                       client_id=f"citysense-up-check-{uuid.uuid4().hex[:8]}"))
+        try:
+            await client.start()
+        except BrokerUnavailableError as exc:
+            raise ConfigurationError(
+                f"cannot reach the MQTT broker at {url} ({exc}): start it, or fix "
+                "CITYSENSE_MQTT_URL (unset it to use an embedded Mosquitto)") from None
+        except BrokerError as exc:
+            raise ConfigurationError(
+                f"the MQTT broker at {url} refused the login of {user!r} ({exc}): set "
+                "CITYSENSE_MQTT_BRIDGE_USERNAME/CITYSENSE_MQTT_BRIDGE_PASSWORD (and "
+                "CITYSENSE_MQTT_LOADGEN_USERNAME/..._PASSWORD) to accounts the broker accepts; "
+                "nothing was changed") from None
+        finally:
+            await client.stop()
 
 
 def bus_part(settings: UpSettings) -> Bus:

