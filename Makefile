@@ -27,7 +27,7 @@ services-down: ## stop the local services
 services-status: ## show whether each local service is up
 	bash deploy/local/services.sh status
 
-test: $(STAMP) services-up ## run every test against the real local services
+test: $(STAMP) services-up browser ## run every test against the real local services
 	$(BIN)/python -m pytest -rs
 
 lint: $(STAMP) ## ruff and mypy
@@ -40,7 +40,13 @@ demo: $(STAMP) ## the whole platform, embedded (no root, no services), county li
 demo-services: $(STAMP) ## the live pipeline over the local services (Kafka, PostgreSQL, Mosquitto)
 	$(BIN)/citysense demo
 
+browser: ## install Debian's chromium for the dashboard's browser test (idempotent)
+	bash deploy/local/browser.sh
+
+api: $(STAMP) ## serve the query API and dashboard (citysense api)
+	$(BIN)/citysense api
+
 clean-state: services-down ## stop services and delete .state (all local data)
 	rm -rf .state
 
-.PHONY: help install services-up services-down services-status test lint demo demo-services clean-state
+.PHONY: help install services-up services-down services-status test lint demo demo-services clean-state browser api

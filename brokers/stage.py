@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from brokers.base import Bus, Consumer, Message, TopicPartition
+from brokers.base import Bus, Consumer, Message, PartitionsCallback, TopicPartition
 from brokers.exceptions import CommitFailedError
 from citysense.exceptions import CitysenseError
 from citysense.metrics import Metrics
@@ -50,6 +50,8 @@ class ConsumerStage:
         name: str = "stage",
         checkpoint: Checkpoint | None = None,
         checkpoint_interval_s: float = 0.0,
+        on_assigned: PartitionsCallback | None = None,
+        on_revoked: PartitionsCallback | None = None,
     ) -> None:
         self._handler = handler
         self._metrics = metrics
@@ -63,7 +65,9 @@ class ConsumerStage:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._revoking = asyncio.Event()  # a rebalance waits: stop retrying, hand over
-        self.consumer: Consumer = bus.consumer(topics, group, on_revoked=self._on_revoked)
+        self._after_revoked = on_revoked  # the stage's owner drops what it kept for those partitions
+        self.consumer: Consumer = bus.consumer(topics, group, on_revoked=self._on_revoked,
+                                               on_assigned=on_assigned)
         # handled, not committed yet: the next offset per partition, since when, how much
         self._pending: dict[TopicPartition, int] = {}
         self._pending_since = 0.0
@@ -85,6 +89,8 @@ class ConsumerStage:
                     log.warning("checkpoint before revocation failed, offsets uncommitted: %s", exc)
                 for tp in partitions:  # given up on: the new owner starts from the last commit
                     self._pending.pop(tp, None)
+                if self._after_revoked is not None:
+                    await self._after_revoked(partitions)
                 log.info("partitions revoked: %s", sorted(partitions))
         finally:
             self._revoking.clear()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from storage import schema, timescale
+from storage import alerts_schema, apikeys, schema, timescale
 from storage.db import Conn, Query
 from storage.exceptions import SchemaTooOldError
 from storage.schema import POSTGRES, TIMESCALE, Backend
@@ -61,6 +61,9 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_BATCH_STATE]),
     Migration(5, "room on device_state's pages for in-place updates",
               lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_STATE_FILLFACTOR]),
+    Migration(6, "alert rules, alerts, transitions, incidents, silences, engine state, outbox",
+              lambda ctx: [sql.SQL(ddl) for ddl in alerts_schema.ALERTS_DDL]),
+    Migration(7, "API keys", lambda ctx: [sql.SQL(ddl) for ddl in apikeys.APIKEYS_DDL]),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version

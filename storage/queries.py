@@ -24,7 +24,7 @@ from storage.db import Conn
 from storage.partitions import floor_time
 from storage.schema import BUCKET_ORIGIN, ROLLUPS
 
-Aggregate = Literal["avg", "min", "max", "count", "last"]
+Aggregate = Literal["avg", "min", "max", "sum", "count", "last"]
 Source = Literal["auto", "raw", "readings_1m", "readings_1h"]
 GroupBy = Literal["district", "township", "kind", "status"]
 
@@ -32,11 +32,13 @@ MAX_BUCKETS = 100_000
 RAW_MAX_RANGE = timedelta(hours=1)  # longer ranges are served from a rollup when the bucket allows
 
 _RAW_AGG: dict[str, LiteralString] = {
-    "avg": "avg(value)", "min": "min(value)", "max": "max(value)", "count": "count(*)::float8",
+    "avg": "avg(value)", "min": "min(value)", "max": "max(value)", "sum": "sum(value)",
+    "count": "count(*)::float8",
     "last": "(array_agg(value ORDER BY time DESC))[1]",
 }
 _ROLLUP_AGG: dict[str, LiteralString] = {
     "avg": "sum(value_sum) / sum(value_count)", "min": "min(value_min)", "max": "max(value_max)",
+    "sum": "sum(value_sum)",
     "count": "sum(value_count)::float8", "last": "(array_agg(last_value ORDER BY last_time DESC))[1]",
 }
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from alerts.cli import alerts_app, rules_app
+from api.cli import api_command, apikey_app
 from citysense.settings import PROJECT_ROOT, CommonSettings, load_settings
 from ingest.dlq.cli import dlq_app
 
@@ -27,6 +29,9 @@ app.add_typer(devices_app, name="devices")
 scenario_app = typer.Typer(help="Simulator scenarios (simulators/scenarios/*.yaml).", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(rules_app, name="rules"); app.add_typer(alerts_app, name="alerts")  # noqa: E702
+app.add_typer(apikey_app, name="apikey")
+app.command("api")(api_command)
 
 SERVICES_SCRIPT = PROJECT_ROOT / "deploy" / "local" / "services.sh"
 

@@ -1,0 +1,287 @@
+"""The alert engine: readings topic -> alert state, transitions, incidents, outbox.
+
+A ``ConsumerStage`` in its own consumer group. Each record batch is
+evaluated against the rules that select its device, in device time; the
+resulting transitions and the changed devices' state are held in memory and
+written in ONE transaction at the stage's checkpoint, after which the stage
+commits the offsets. A crash in between re-reads the batches since the last
+checkpoint from the restored state, and the per-rule ``last_ns`` watermark
+makes the replayed readings no-ops: nothing is lost, nothing repeated.
+On partition assignment the engine loads those partitions' device state
+(and starts watching registered devices there that never reported); on
+revocation the stage checkpoints first and the engine forgets them.
+Silence runs on a deadline heap against an injectable clock; rules reload
+when the rules version in the database changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import msgspec
+from aiokafka.partitioner import murmur2
+from psycopg_pool import AsyncConnectionPool
+
+from alerts.directory import ActiveSilence, DeviceInfo, guess, selects
+from alerts.evaluate import evaluate_batch
+from alerts.lifecycle import NS, Compiled, Op
+from alerts.metrics import AlertMetrics
+from alerts.notify import device_time
+from alerts.publisher import publish_pending
+from alerts.recorder import Recorder
+from alerts.rules import Silence
+from alerts.rules_db import load_enabled
+from alerts.settings import AlertSettings
+from alerts.silence import DeadlineHeap, late_after_ns, next_deadline, on_deadline, silence_grade
+from alerts.state import DeviceState, decode_state, encode_state
+from brokers.base import Bus, Producer, TopicPartition
+from brokers.stage import Batches, ConsumerStage
+from citysense.metrics import Metrics
+from citysense.records import decode_batch
+from storage import alert_rules_store
+from storage import alerts_engine_sql as q
+from storage.exceptions import StorageUnavailableError
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], int]
+
+
+class AlertEngine:
+    def __init__(self, bus: Bus, pool: AsyncConnectionPool, settings: AlertSettings, *,
+                 clock: Clock = time.time_ns, metrics: Metrics | None = None, tick_s: float = 0.2,
+                 group_wait_s: float = 30.0) -> None:
+        self._pool = pool
+        self._settings = settings
+        self.clock = clock
+        self._tick_s = tick_s
+        self._producer: Producer = bus.producer()
+        self.metrics = AlertMetrics(metrics.registry if metrics else None)
+        self.stage = ConsumerStage(
+            bus, [settings.topic_readings], settings.alerts_group, self._handle,
+            max_records=settings.alerts_max_records, metrics=metrics, name="alerts",
+            checkpoint=self.flush, checkpoint_interval_s=settings.alerts_checkpoint_interval_s,
+            on_assigned=self._on_assigned, on_revoked=self._on_revoked)
+        self._lock = asyncio.Lock()
+        self.devices: dict[str, DeviceState] = {}
+        self._dirty: set[str] = set()
+        self._ops: list[Op] = []
+        self.rules: list[Compiled] = []
+        self.rules_version = -1
+        self._registry: dict[str, DeviceInfo] = {}
+        self._applicable: dict[str, list[Compiled]] = {}
+        self._silences: list[ActiveSilence] = []
+        self.heap = DeadlineHeap()
+        self.recorder = Recorder(self.info, self.devices.get, lambda: self._silences,
+                                 incident_window_s=settings.alerts_incident_window_s,
+                                 group_wait_s=group_wait_s)
+        self._stopping = asyncio.Event()
+
+    # ---- directory ---------------------------------------------------------------------------
+    def info(self, device_id: str) -> DeviceInfo:
+        return self._registry.get(device_id) or guess(device_id)
+
+    def rules_for(self, device_id: str) -> list[Compiled]:
+        found = self._applicable.get(device_id)
+        if found is None:
+            d = self.info(device_id)
+            found = self._applicable[device_id] = [c for c in self.rules if selects(c.rule.selector, d)]
+        return found
+
+    async def reload(self) -> bool:
+        """Load rules, silences and the registry if the rules version changed."""
+        async with self._pool.connection() as conn:
+            version = await alert_rules_store.rules_version(conn)
+            if version == self.rules_version:
+                return False
+            version, rules = await load_enabled(conn)
+            silences = await alert_rules_store.list_silences(conn)
+            devices = await q.load_devices(conn)
+        async with self._lock:
+            self.rules = [Compiled.of(r, recv) for r, recv in rules]
+            self.rules_version = version
+            self._silences = [ActiveSilence.of(s.selector, s.starts_at, s.ends_at) for s in silences]
+            self._registry = {d.device_id: DeviceInfo(
+                d.device_id, d.kind, d.profile, d.site_id, d.district, d.township, d.report_interval_s,
+                tuple(d.tags), True) for d in devices}
+            self._applicable.clear()
+            self.recorder.silence_rule_ids = frozenset(
+                c.rule.id for c in self.rules if isinstance(c.rule.condition, Silence))
+            self._watch(set(self.devices), self._owned_partitions())
+        log.info("alert rules version %d: %d rules, %d registered devices", version, len(rules), len(devices))
+        return True
+
+    # ---- partitions --------------------------------------------------------------------------
+    def _owned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.stage.consumer.assignment()}
+
+    def partition_of(self, device_id: str) -> int:
+        return (int(murmur2(device_id.encode())) & 0x7FFFFFFF) % self._settings.readings_partitions
+
+    async def _on_assigned(self, tps: frozenset[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in tps}
+        async with self._pool.connection() as conn:
+            rows = await q.load_states(conn, sorted(partitions))
+        async with self._lock:
+            for device_id, blob in rows:
+                if device_id not in self.devices:
+                    self.devices[device_id] = decode_state(blob)
+            self._watch(set(self.devices), partitions)
+        log.info("alerts: partitions %s assigned, %d device states loaded", sorted(partitions), len(rows))
+
+    async def _on_revoked(self, tps: frozenset[TopicPartition]) -> None:
+        gone = {tp.partition for tp in tps}
+        async with self._lock:
+            for device_id in [d for d, s in self.devices.items() if s.partition in gone]:
+                del self.devices[device_id]
+                self.heap.forget(device_id)
+                self._dirty.discard(device_id)
+
+    def _watch(self, known: set[str], partitions: set[int]) -> None:
+        """Schedule silence deadlines for owned devices, including registered ones never heard."""
+        now = self.clock()
+        for device_id in list(known) + [d for d in self._registry if d not in known]:
+            silence = [c for c in self.rules_for(device_id) if isinstance(c.rule.condition, Silence)]
+            if not silence:
+                continue
+            ds = self.devices.get(device_id)
+            if ds is None:
+                if self.partition_of(device_id) not in partitions:
+                    continue
+                ds = self.devices[device_id] = DeviceState(self.partition_of(device_id), watch_since_ns=now)
+                self._dirty.add(device_id)
+            self._schedule(device_id, ds, silence)
+
+    def _schedule(self, device_id: str, ds: DeviceState, silence: list[Compiled]) -> None:
+        since = ds.last_seen_ns or ds.watch_since_ns
+        interval = self.info(device_id).interval_s
+        for c in silence:
+            assert isinstance(c.rule.condition, Silence)
+            late = late_after_ns(c.rule.condition, interval)
+            deadline = next_deadline(since, ds.rule(c.rule.id).grade, c.rule.condition, late)
+            if deadline is not None:
+                self.heap.schedule(device_id, deadline)
+
+    # ---- evaluation --------------------------------------------------------------------------
+    async def _handle(self, batches: Batches) -> None:
+        async with self._lock:
+            s = self._settings
+            for tp, messages in batches.items():
+                for m in messages:
+                    try:
+                        batch = decode_batch(m.value)
+                    except msgspec.DecodeError:
+                        self.metrics.bad_records.inc()
+                        continue  # the writer dead-letters it; the engine has nothing to evaluate
+                    ds = self.devices.get(batch.device_id)
+                    if ds is None:
+                        ds = self.devices[batch.device_id] = DeviceState(tp.partition)
+                    ds.partition = tp.partition
+                    rules = self.rules_for(batch.device_id)
+                    ops, evaluations = evaluate_batch(rules, batch, ds, int(s.alerts_flap_window_s * NS),
+                                                      s.alerts_flap_max)
+                    self._ops += ops
+                    self._dirty.add(batch.device_id)
+                    self.metrics.evaluations.inc(evaluations)
+                    silence = [c for c in rules if isinstance(c.rule.condition, Silence)]
+                    if silence:
+                        self._schedule(batch.device_id, ds, silence)
+                    self.metrics.lag.set(max(0.0, (self.clock() - batch.received_ns) / NS))
+
+    def check_silence(self) -> int:
+        """Evaluate the devices whose silence deadline has passed (caller holds the lock)."""
+        now = self.clock()
+        count = 0
+        for device_id in self.heap.pop_due(now):
+            ds = self.devices.get(device_id)
+            if ds is None:
+                continue
+            since = ds.last_seen_ns or ds.watch_since_ns
+            interval = self.info(device_id).interval_s
+            for c in self.rules_for(device_id):
+                cond = c.rule.condition
+                if not isinstance(cond, Silence) or (not ds.last_seen_ns and not cond.include_never_seen):
+                    continue
+                late = late_after_ns(cond, interval)
+                rs = ds.rule(c.rule.id)
+                ops = on_deadline(c, device_id, rs, now, silence_grade(cond, now - since, late), now - since)
+                self._ops += ops
+                count += len(ops)
+            self._dirty.add(device_id)
+            self._schedule(device_id, ds, [c for c in self.rules_for(device_id)
+                                           if isinstance(c.rule.condition, Silence)])
+        return count
+
+    # ---- checkpoint --------------------------------------------------------------------------
+    async def flush(self) -> None:
+        """State, transitions, incidents and outbox in one transaction (the stage's checkpoint)."""
+        async with self._lock:
+            if not self._ops and not self._dirty:
+                return
+            ops, dirty = self._ops, self._dirty
+            saved = {id(op.rs): (op.rs, op.rs.alert_id) for op in ops}
+            outbox: list[q.OutboxIn] = []
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    for op in ops:
+                        await self.recorder.record(conn, op, outbox)
+                    await q.enqueue(conn, outbox)
+                    await q.save_states(conn, [
+                        (d, s.partition, _ts(s.last_seen_ns), encode_state(s))
+                        for d in dirty if (s := self.devices.get(d)) is not None])
+            except Exception as exc:
+                for rs, alert_id in saved.values():
+                    rs.alert_id = alert_id  # rolled back: the next attempt opens them again
+                if isinstance(exc, StorageUnavailableError | OSError) or "connection" in str(exc).lower():
+                    raise StorageUnavailableError(f"alert checkpoint failed: {exc}") from exc
+                raise
+            self._ops, self._dirty = [], set()
+            for op in ops:
+                condition = op.compiled.rule.condition.type
+                self.metrics.transitions.labels(op.action, str(op.grade), condition).inc()
+        await publish_pending(self._pool, self._producer, self._settings.topic_alerts)
+
+    # ---- run ---------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stopping.set()
+        self.stage.request_stop()
+
+    async def run(self) -> None:
+        await self.reload()
+        await self._producer.start()
+        ticker = asyncio.create_task(self._tick_forever())
+        try:
+            await self.stage.run()
+        finally:
+            self._stopping.set()
+            await ticker
+            await self._producer.stop()
+
+    async def tick(self) -> None:
+        """Silence deadlines due by now, then a checkpoint if they made transitions."""
+        async with self._lock:
+            made = self.check_silence()
+        if made:
+            await self.flush()
+
+    async def _tick_forever(self) -> None:
+        last_poll = 0.0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() - last_poll >= self._settings.alerts_rules_poll_s:
+                    last_poll = time.monotonic()
+                    await self.reload()
+                    await publish_pending(self._pool, self._producer, self._settings.topic_alerts)
+                await self.tick()
+            except Exception as exc:  # noqa: BLE001 (the stage's checkpoint retries too; keep ticking)
+                log.warning("alert tick failed (will retry): %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._tick_s)
+
+
+def _ts(t_ns: int) -> datetime | None:
+    return device_time(t_ns) if t_ns else None

@@ -1,0 +1,105 @@
+"""Turn the engine's transitions (:class:`Op`) into rows, inside the checkpoint transaction.
+
+For each op: the alert row and its transition (``storage.alerts_engine_sql``);
+for a firing alert at a site, its incident; and the notifications the op
+earns, unless the alert is flapping (only the transition that starts it
+notifies), inhibited (its device is offline: a silence alert of the same
+device is firing) or silenced by an operator. A 'resolved' that overtakes
+its own 'fired' still waiting out ``group_wait`` cancels it and sends
+nothing: an alert that was over before anyone was told stays untold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from alerts.directory import ActiveSilence, DeviceInfo
+from alerts.lifecycle import Op
+from alerts.notify import NOTIFIED_ACTIONS, alert_rows, device_time, incident_rows
+from alerts.rules import Silence
+from alerts.state import FIRING, DeviceState
+from storage import alerts_engine_sql as q
+from storage.db import Conn
+
+
+class Recorder:
+    def __init__(self, info: Callable[[str], DeviceInfo], state: Callable[[str], DeviceState | None],
+                 silences: Callable[[], list[ActiveSilence]], *, incident_window_s: float,
+                 group_wait_s: float) -> None:
+        self._info = info
+        self._state = state
+        self._silences = silences
+        self._incident_window_s = incident_window_s
+        self.group_wait_s = group_wait_s
+
+    def _suppressed(self, op: Op, d: DeviceInfo) -> str | None:
+        rule = op.compiled.rule
+        if not isinstance(rule.condition, Silence):
+            ds = self._state(op.device_id)
+            if ds is not None and any(
+                    rs.phase == FIRING and rid != rule.id and self._is_silence_rule(rid)
+                    for rid, rs in ds.rules.items()):
+                return "inhibited"
+        now = datetime.now(UTC)
+        if any(s.covers(rule.id, d, now) for s in self._silences()):
+            return "silenced"
+        return None
+
+    silence_rule_ids: frozenset[str] = frozenset()
+
+    def _is_silence_rule(self, rule_id: str) -> bool:
+        return rule_id in self.silence_rule_ids
+
+    async def record(self, conn: Conn, op: Op, outbox: list[q.OutboxIn]) -> int:
+        """Record one op; returns the transition id (0 if nothing was recorded)."""
+        d = self._info(op.device_id)
+        rule = op.compiled.rule
+        suppressed = self._suppressed(op, d)
+        opening = op.from_state == "resolved"
+        tin = q.TransitionIn(
+            0 if opening else op.rs.alert_id, rule.id, op.device_id, d.site_id, rule.condition.type,
+            rule.metric, op.action, op.from_state, op.to_state, op.grade, op.value, device_time(op.t_ns),
+            dict(rule.labels), op.flapping or op.rs.flapping, suppressed)
+        out = await q.record_transition(conn, tin)
+        if out.gone:
+            if op.to_state == "resolved":
+                op.rs.alert_id = 0
+                return 0
+            # resolved by hand while the condition holds: a new alert carries on (not a silent gap)
+            out = await q.record_transition(conn, replace(tin, alert_id=0, from_state="resolved"))
+        op.rs.alert_id = 0 if op.to_state == "resolved" else out.alert_id
+        notify = (op.notify or op.flapping) and suppressed is None
+        await self._incident_and_notify(conn, op, out, d, notify, outbox)
+        return out.transition_id
+
+    async def _incident_and_notify(self, conn: Conn, op: Op, out: q.TransitionOut, d: DeviceInfo,
+                                   notify: bool, outbox: list[q.OutboxIn]) -> None:
+        wait = self.group_wait_s
+        if op.flapping and notify:
+            outbox += alert_rows(op, out, d.site_id, "flapping", wait)
+            return
+        if op.action not in NOTIFIED_ACTIONS:
+            return
+        site = d.site_id
+        if site is None:
+            if not notify:
+                return
+            if op.action == "resolved" and await q.cancel_unsent_fire(conn, out.alert_id):
+                return
+            outbox += alert_rows(op, out, None, op.action, wait if op.action == "fired" else 0.0)
+            return
+        incident_id = out.incident_id
+        if op.action == "fired":
+            incident_id, event = await q.join_incident(conn, site, out.alert_id, op.grade,
+                                                       device_time(op.t_ns), self._incident_window_s)
+            if event != "joined" and notify:
+                outbox += incident_rows(op, out, site, incident_id, event, wait)
+        elif incident_id is not None and op.action == "escalated":
+            if await q.raise_incident(conn, incident_id, op.grade) and notify:
+                outbox += incident_rows(op, out, site, incident_id, "raised", 0.0)
+        elif (incident_id is not None and op.action == "resolved"
+              and await q.close_incident_if_done(conn, incident_id) and notify
+              and not await q.cancel_unsent_incident(conn, incident_id)):
+            outbox += incident_rows(op, out, site, incident_id, "closed", 0.0)

@@ -1,0 +1,20 @@
+// Strings of the dashboard, Chinese first; the English switch swaps them in place.
+window.I18N = {
+  zh: {title: "城市感知 · 一张屏", keyPlaceholder: "API 密钥", connect: "连接", online: "在线", late: "迟报",
+       offline: "离线", uplinks: "上行/秒", readings: "近时段读数", openAlerts: "未解除预警",
+       chargersAvail: "充电枪空闲", bridgesAlert: "桥梁有预警", map: "县域一张图", bridge: "桥梁", alerts: "预警",
+       grade: "等级", device: "设备", rule: "规则", state: "状态", bridges: "桥梁健康", chargers: "充电站",
+       station: "站点", available: "空闲", charging: "充电中", faulted: "故障", chart: "曲线", draw: "绘制",
+       ack: "确认", acked: "已确认", needKey: "请输入 API 密钥", badKey: "密钥无效或已吊销",
+       red: "红", orange: "橙", yellow: "黄", blue: "蓝", firing: "报警中", pending: "待定", resolved: "已解除",
+       noData: "无数据", lang: "English"},
+  en: {title: "citysense · one screen", keyPlaceholder: "API key", connect: "Connect", online: "Online",
+       late: "Late", offline: "Offline", uplinks: "Uplinks/s", readings: "Recent readings",
+       openAlerts: "Open alerts", chargersAvail: "Connectors free", bridgesAlert: "Bridges alerting",
+       map: "County map", bridge: "Bridge", alerts: "Alerts", grade: "Grade", device: "Device", rule: "Rule",
+       state: "State", bridges: "Bridge health", chargers: "Charging stations", station: "Station",
+       available: "Free", charging: "Charging", faulted: "Faulted", chart: "Chart", draw: "Draw", ack: "Acknowledge",
+       acked: "Acknowledged", needKey: "Enter an API key", badKey: "Unknown or revoked key", red: "Red",
+       orange: "Orange", yellow: "Yellow", blue: "Blue", firing: "Firing", pending: "Pending",
+       resolved: "Resolved", noData: "No data", lang: "中文"},
+};
