@@ -60,7 +60,6 @@ def list_rules() -> None:
 def run(verbose: bool = False) -> None:
     """Run the alert engine (readings topic -> alerts, transitions, notifications)."""
     from citysense.launch.alerts_runner import run_engine
-
     from citysense.launch.cli import _logging
 
     _logging(verbose)
@@ -71,8 +70,24 @@ def run(verbose: bool = False) -> None:
 def deliver(verbose: bool = False) -> None:
     """Run the webhook delivery worker (the outbox -> receivers)."""
     from citysense.launch.alerts_runner import run_delivery
-
     from citysense.launch.cli import _logging
 
     _logging(verbose)
     asyncio.run(run_delivery())
+
+
+@alerts_app.command("parked")
+def parked(limit: int = 50) -> None:
+    """Webhook deliveries given up on (4xx, or out of attempts), newest first, with why."""
+    from alerts.rules_db import parked_deliveries
+
+    for outbox_id, receiver, key, error in asyncio.run(parked_deliveries(limit)):
+        typer.echo(f"{outbox_id:>8} {receiver:16} {key:32} {error}")
+
+
+@alerts_app.command("requeue")
+def requeue(outbox_ids: Annotated[list[int], typer.Argument(help="ids from `alerts parked`")]) -> None:
+    """Send parked deliveries again (after fixing the receiver)."""
+    from alerts.rules_db import requeue_parked
+
+    typer.echo(f"requeued {asyncio.run(requeue_parked(outbox_ids))}")

@@ -229,7 +229,6 @@ class AlertEngine:
                 async with self._pool.connection() as conn, conn.transaction():
                     for op in ops:
                         await self.recorder.record(conn, op, outbox)
-                    await q.enqueue(conn, outbox)
                     await q.save_states(conn, [
                         (d, s.partition, _ts(s.last_seen_ns), encode_state(s))
                         for d in dirty if (s := self.devices.get(d)) is not None])

@@ -71,35 +71,34 @@ class Recorder:
             out = await q.record_transition(conn, replace(tin, alert_id=0, from_state="resolved"))
         op.rs.alert_id = 0 if op.to_state == "resolved" else out.alert_id
         notify = (op.notify or op.flapping) and suppressed is None
-        await self._incident_and_notify(conn, op, out, d, notify, outbox)
+        rows = await self._notifications(conn, op, out, d, notify)
+        await q.enqueue(conn, rows)  # now, so a later op of this checkpoint can cancel it
+        outbox += rows
         return out.transition_id
 
-    async def _incident_and_notify(self, conn: Conn, op: Op, out: q.TransitionOut, d: DeviceInfo,
-                                   notify: bool, outbox: list[q.OutboxIn]) -> None:
+    async def _notifications(self, conn: Conn, op: Op, out: q.TransitionOut, d: DeviceInfo,
+                             notify: bool) -> list[q.OutboxIn]:
         wait = self.group_wait_s
         if op.flapping and notify:
-            outbox += alert_rows(op, out, d.site_id, "flapping", wait)
-            return
+            return alert_rows(op, out, d.site_id, "flapping", wait)
         if op.action not in NOTIFIED_ACTIONS:
-            return
+            return []
         site = d.site_id
         if site is None:
-            if not notify:
-                return
-            if op.action == "resolved" and await q.cancel_unsent_fire(conn, out.alert_id):
-                return
-            outbox += alert_rows(op, out, None, op.action, wait if op.action == "fired" else 0.0)
-            return
+            if not notify or (op.action == "resolved" and await q.cancel_unsent_fire(conn, out.alert_id)):
+                return []
+            return alert_rows(op, out, None, op.action, wait if op.action == "fired" else 0.0)
         incident_id = out.incident_id
         if op.action == "fired":
             incident_id, event = await q.join_incident(conn, site, out.alert_id, op.grade,
                                                        device_time(op.t_ns), self._incident_window_s)
             if event != "joined" and notify:
-                outbox += incident_rows(op, out, site, incident_id, event, wait)
+                return incident_rows(op, out, site, incident_id, event, wait)
         elif incident_id is not None and op.action == "escalated":
             if await q.raise_incident(conn, incident_id, op.grade) and notify:
-                outbox += incident_rows(op, out, site, incident_id, "raised", 0.0)
+                return incident_rows(op, out, site, incident_id, "raised", 0.0)
         elif (incident_id is not None and op.action == "resolved"
               and await q.close_incident_if_done(conn, incident_id) and notify
               and not await q.cancel_unsent_incident(conn, incident_id)):
-            outbox += incident_rows(op, out, site, incident_id, "closed", 0.0)
+            return incident_rows(op, out, site, incident_id, "closed", 0.0)
+        return []

@@ -8,7 +8,7 @@ from alerts.rules import Receiver, Rule, RuleFile, from_definition, stored_defin
 from alerts.settings import AlertSettings
 from citysense.exceptions import ConfigurationError
 from citysense.settings import load_settings
-from storage import alert_rules_store
+from storage import alert_rules_store, alerts_outbox_sql
 from storage.alert_rules_store import RuleRow
 from storage.db import Conn
 
@@ -36,9 +36,21 @@ async def stored_rules() -> list[RuleRow]:
 
 
 async def load_enabled(conn: Conn) -> tuple[int, list[tuple[Rule, list[Receiver]]]]:
-    """(rules version, enabled rules with their receivers) as one consistent snapshot."""
+    """(rules version, enabled rules with their receivers); the version is read first, so a
+    change in between only makes the next poll load again."""
     async with conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         version = await alert_rules_store.rules_version(conn)
         rows = await alert_rules_store.list_rules(conn, enabled_only=True)
     return version, [from_definition(r.definition) for r in rows]
+
+
+async def parked_deliveries(limit: int) -> list[tuple[int, str, str, str | None]]:
+    async with await psycopg.AsyncConnection.connect(_url()) as conn:
+        return await alerts_outbox_sql.parked(conn, limit)
+
+
+async def requeue_parked(outbox_ids: list[int]) -> int:
+    async with await psycopg.AsyncConnection.connect(_url()) as conn:
+        count = await alerts_outbox_sql.requeue_parked(conn, outbox_ids)
+        await conn.commit()
+        return count

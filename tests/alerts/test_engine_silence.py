@@ -1,0 +1,63 @@
+"""Silence detection on the deadline heap, with the clock injected: a 6-hour PSM meter,
+a charger heartbeating every 60 s, a registered device that never reports, a device
+that comes back."""
+
+from __future__ import annotations
+
+import pytest
+
+from brokers.kafka import KafkaBus
+from citysense.records import Health, Reading, RecordBatch
+from citysense.settings import CommonSettings
+from tests.alerts.harness import NS, T0, Harness, alert_settings, register, setup, transitions
+
+pytestmark = pytest.mark.services
+
+RULES = """
+rules:
+  - id: meter-offline
+    name: meter silent
+    selector: {kind: [meter]}
+    condition: {type: silence, grace: 10m, grace_ratio: 0}
+  - id: charger-offline
+    name: charger heartbeat missing
+    selector: {kind: [charger]}
+    condition: {type: silence, grace: 10s, grace_ratio: 0}
+"""
+H = 3600 * NS
+
+
+def meter(t: int) -> RecordBatch:
+    return RecordBatch("meter-0001", t, readings=(Reading("meter-0001", "water_m3", t, 1.0, t),))
+
+
+async def test_late_then_offline_then_back(pipeline_settings: CommonSettings, kafka_bus: KafkaBus,
+                                           database: str) -> None:
+    s = alert_settings(pipeline_settings, database)
+    await setup(kafka_bus, s, RULES)
+    await register(database, [("meter-0001", "meter", None, 21600.0), ("meter-0002", "meter", None, 21600.0)])
+    async with Harness(kafka_bus, s) as h:
+        await h.send([meter(T0), RecordBatch("charger-0001", T0, health=(Health("charger-0001", T0),))])
+
+        async def seen() -> list[tuple[str, str, int, float]]:
+            return [(d, a, g, (t - T0) / NS) for _, d, a, g, _, t in await transitions(database)]
+
+        await h.advance(T0 + 69 * NS)
+        assert await seen() == []
+        await h.advance(T0 + 70 * NS)  # interval 60 s + grace 10 s
+        await h.advance(T0 + 139 * NS)
+        await h.advance(T0 + 140 * NS)  # twice that: offline, within 2.5 min of the last heartbeat
+        assert await seen() == [("charger-0001", "fired", 3, 70.0), ("charger-0001", "escalated", 2, 140.0)]
+        await h.advance(T0 + 6 * H - 60 * NS)  # 5 h 59 min: a 6-hour PSM meter is not late
+        assert [x for x in await seen() if x[0].startswith("meter")] == []
+        await h.advance(T0 + 6 * H + 600 * NS)  # interval + grace: late, and the silent one is found
+        await h.advance(T0 + 12 * H + 1200 * NS)  # twice that: offline
+        back = T0 + 13 * H
+        await h.send([meter(back)])
+        meters = [x for x in await seen() if x[0].startswith("meter")]
+        assert sorted(meters) == sorted([
+            ("meter-0001", "fired", 3, 6 * 3600 + 600.0), ("meter-0002", "fired", 3, 6 * 3600 + 600.0),
+            ("meter-0001", "escalated", 2, 12 * 3600 + 1200.0),
+            ("meter-0002", "escalated", 2, 12 * 3600 + 1200.0),
+            ("meter-0001", "resolved", 2, 13 * 3600.0)])
+        assert len(h.engine.heap) <= 3  # one live deadline per watched device, no sweep
