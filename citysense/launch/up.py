@@ -28,7 +28,7 @@ from brokers.mqtt import MqttClient, MqttConfig
 from citysense.exceptions import ConfigurationError
 from citysense.launch.components import Component, StageComponent
 from citysense.launch.runners import topic_specs
-from citysense.launch.up_devices import CountyDevices
+from citysense.launch.up_devices import REPLAY_S, CountyDevices
 from citysense.launch.up_parts import (
     bus_part,
     check_mqtt_logins,
@@ -130,15 +130,20 @@ class Up:
         self._rows_at_start = await self._count()
         await self._start_stages(bus, env, bridge_login, registry)
         self.devices = CountyDevices(MqttPool(*_host_port(mqtt_url), username=loadgen_login[0],
-                                              password=loadgen_login[1], size=4), speed=s.up_speed)
+                                              password=loadgen_login[1], size=4), speed=s.up_speed,
+                                     state_file=data_dir / "devices.json")
         await self._start_component(self.devices)
         self.say(
             f"citysense up: {'embedded PostgreSQL' if db else 'PostgreSQL'} "
             f"({'schema ' + str(applied) + ' applied' if applied else 'schema current'}), "
             f"{'Mosquitto ' + mqtt_url if broker else 'MQTT ' + mqtt_url}, "
             f"{'Kafka ' + str(s.kafka_bootstrap) if s.kafka_bootstrap else 'in-memory bus'}; "
-            f"county (渠县) devices at speed x{s.up_speed:g}; data in {data_dir}; "
+            f"county (渠县) devices: {REPLAY_S // 60} min of the scenario replayed at x{s.up_speed:g}, "
+            f"then live; data in {data_dir}; "
             f"ready in {time.monotonic() - started:.1f}s. Ctrl-C stops.")
+        from citysense.launch.up_services import session_key
+
+        self.say(f"dashboard: {self.api.url}   operator key for this session: {await session_key(self.pool)}")
 
     async def _start_stages(self, bus: Bus, env: dict[str, Any], bridge_login: tuple[str, str],
                             registry: Path) -> None:
@@ -149,8 +154,10 @@ class Up:
         self.bridge = Bridge(mqtt, bus.producer(), self.settings.topic_raw,
                              dlq_topic=self.settings.topic_dlq)
         await self._start_component(StageComponent("bridge", self.bridge, self.bridge.ready.wait))
-        self.normaliser = Normaliser.from_settings(
-            bus, NormaliserSettings(normalise_registry=registry, **_topics(self.settings)))
+        # The replayed stretch arrives up to REPLAY_S after its device time: not "late" here
+        # (late readings are stored but never drive alerts).
+        self.normaliser = Normaliser.from_settings(bus, NormaliserSettings(
+            normalise_registry=registry, normalise_late_after_s=REPLAY_S + 300, **_topics(self.settings)))
         await self._start_component(StageComponent("normaliser", self.normaliser))
         ws = WriterSettings(**_topics(self.settings))
         self.writer = Writer(bus, ReadingsSink(self.pool, ws), readings_topic=ws.topic_readings,
@@ -158,13 +165,21 @@ class Up:
                              checkpoint_interval_s=ws.writer_checkpoint_interval_s)
         await self._start_component(StageComponent("writer", self.writer))
         self.bus = bus
+        from citysense.launch.up_services import AlertsComponent, ApiComponent
+
+        await self._start_component(AlertsComponent(bus, env["database_url"], _topics(self.settings)))
+        self.api = ApiComponent(bus, env["database_url"], self.settings.up_api_port,
+                                self.settings.kafka_bootstrap, _topics(self.settings))
+        await self._start_component(self.api)
 
     async def _count(self) -> int:
         async with self.pool.connection() as conn:
             return await count_readings(conn)
 
     async def _status_until_stopped(self, db_url: str) -> None:
-        last, t0 = 0, time.monotonic()
+        from citysense.launch.up_services import open_alerts
+
+        last, t0, alerts, tick = 0, time.monotonic(), 0, 0
         while not self._stopping.is_set():
             for c in self.components:
                 error = c.failed()
@@ -175,8 +190,12 @@ class Up:
             now = self.bridge.forwarded
             dead = self.normaliser.dead_letters + self.bridge.dead_letters
             stored = self._rows_at_start + self.writer.rows_inserted
+            tick += 1
+            if tick % 3 == 1:
+                alerts = await open_alerts(self.pool)
             self.out.write(f"\r[{time.monotonic() - t0:5.0f}s] uplinks/s={now - last:5d} "
-                           f"stored={stored} dead-lettered={dead} open alerts=-   ")
+                           f"stored={stored} dead-lettered={dead} open alerts={alerts} "
+                           f"({'live' if self.devices.live else 'replaying'})   ")
             self.out.flush()
             last = now
 

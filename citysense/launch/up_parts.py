@@ -45,6 +45,7 @@ def check_ports(settings: UpSettings) -> None:
     if settings.mqtt_url is None:
         require_port_free(settings.up_mqtt_port, "embedded Mosquitto",
                           "--mqtt-port / CITYSENSE_UP_MQTT_PORT")
+    require_port_free(settings.up_api_port, "API and dashboard", "--api-port / CITYSENSE_UP_API_PORT")
 
 
 def embedded_postgres(settings: UpSettings) -> EmbeddedPostgres:
