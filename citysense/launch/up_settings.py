@@ -25,7 +25,7 @@ class UpSettings(CommonSettings):
     up_pg_port: int = Field(default=15432, ge=1, le=65535)
     up_mqtt_port: int = Field(default=11883, ge=1, le=65535)
     up_api_port: int = Field(default=8000, ge=1, le=65535)
-    # Report intervals and the scenario's event timeline are divided by this (see up_devices).
+    # How much faster than real time the scenario's last 65 minutes replay before going live.
     up_speed: float = Field(default=60.0, ge=1, le=3600)
     # With CITYSENSE_MQTT_URL set: the accounts the bridge and the devices log in with.
     mqtt_bridge_username: str = "citysense-bridge"
