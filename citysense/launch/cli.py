@@ -258,7 +258,8 @@ def demo(devices: int = 20, rate: float = 50.0) -> None:
 
 @app.command()
 def up(
-    speed: Annotated[float | None, typer.Option(help="replay speed of the scenario's last hour, then live (default 60)")] = None,
+    speed: Annotated[float | None, typer.Option(
+        help="replay speed of the scenario's last hour, then live (default 60)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="state (default .citysense-data)")] = None,
     pg_port: Annotated[int | None, typer.Option(help="embedded PostgreSQL port (default 15432)")] = None,
     mqtt_port: Annotated[int | None, typer.Option(help="embedded Mosquitto port (default 11883)")] = None,
