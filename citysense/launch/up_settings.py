@@ -16,12 +16,12 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
-from citysense.settings import PROJECT_ROOT, CommonSettings
+from citysense.settings import CommonSettings
 
 
 class UpSettings(CommonSettings):
     # Where the embedded PostgreSQL, Mosquitto's persistence and the session's secrets live.
-    up_data_dir: Path = PROJECT_ROOT / ".citysense-data"
+    up_data_dir: Path = Path(".citysense-data")  # relative to the working directory
     up_pg_port: int = Field(default=15432, ge=1, le=65535)
     up_mqtt_port: int = Field(default=11883, ge=1, le=65535)
     up_api_port: int = Field(default=8000, ge=1, le=65535)
