@@ -74,6 +74,7 @@ class EmbeddedMosquitto:
             f"acl_file {self.root / 'acl'}\n"
             "max_inflight_messages 1000\nmax_queued_messages 100000\nmax_packet_size 262144\n"
             f"persistence true\npersistence_location {self.root / 'store'}/\nautosave_interval 30\n"
+            f"pid_file {self.root / 'mosquitto.pid'}\n"
             "log_dest stdout\nconnection_messages false\n"
         )
         for name in ("passwd", "acl"):
@@ -106,6 +107,23 @@ class EmbeddedMosquitto:
                 time.sleep(0.1)
         self.stop()
         raise ConfigurationError(f"mosquitto did not listen on 127.0.0.1:{self.port} in {timeout_s:.0f}s")
+
+    def stop_orphan(self) -> bool:
+        """Stop a broker a killed ``up`` left running on this directory; True if there was one."""
+        pid_file = self.root / "mosquitto.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
+        if str(self.root / "mosquitto.conf").encode() not in cmdline:
+            return False  # the pid was reused by something else
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        return True
 
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence file), then wait; idempotent."""

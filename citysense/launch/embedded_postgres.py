@@ -147,6 +147,14 @@ class EmbeddedPostgres:
     def admin_url(self) -> str:
         return self.url().rsplit("/", 1)[0] + "/postgres"
 
+    def running(self) -> bool:
+        pid_file = self.cluster / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return Path(f"/proc/{pid}").exists()
+
     def stop(self) -> None:
         """Fast shutdown (clients disconnected, everything committed is on disk); idempotent."""
         if (self.cluster / "postmaster.pid").exists():

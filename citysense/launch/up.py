@@ -37,6 +37,7 @@ from citysense.launch.up_parts import (
     database_part,
     mqtt_part,
     registry_file,
+    stop_orphans,
 )
 from citysense.launch.up_settings import SessionSecrets, UpSettings
 from ingest.bridge import Bridge
@@ -81,8 +82,20 @@ class Up:
     async def run(self) -> None:
         s = self.settings
         data_dir = s.up_data_dir.resolve()
-        check_ports(s)
-        lock = lock_data_dir(data_dir)
+        s = self.settings = s.model_copy(update={"up_data_dir": data_dir})
+        if data_dir.is_dir():  # lock first: only then are servers running on it ours to stop
+            lock = lock_data_dir(data_dir)
+            stopped = stop_orphans(s)
+            if stopped:
+                self.say(f"stopped {' and '.join(stopped)} left running by a killed `citysense up`")
+            try:
+                check_ports(s)
+            except BaseException:
+                lock.close()
+                raise
+        else:  # nothing written before the ports are known to be free
+            check_ports(s)
+            lock = lock_data_dir(data_dir)
         try:
             secrets = SessionSecrets.load_or_create(data_dir)
             mqtt_url, bridge_login, loadgen_login, broker = mqtt_part(s, secrets)

@@ -48,6 +48,20 @@ def check_ports(settings: UpSettings) -> None:
     require_port_free(settings.up_api_port, "API and dashboard", "--api-port / CITYSENSE_UP_API_PORT")
 
 
+def stop_orphans(settings: UpSettings) -> list[str]:
+    """Servers a killed ``up`` left running on this data directory (the caller holds its lock)."""
+    stopped = []
+    pg = embedded_postgres(settings)
+    if settings.database_url is None and pg.running():
+        pg.stop()
+        stopped.append("PostgreSQL")
+    executable = find_mosquitto()
+    broker_dir = settings.up_data_dir / "mosquitto"
+    if executable and EmbeddedMosquitto(broker_dir, settings.up_mqtt_port, executable).stop_orphan():
+        stopped.append("Mosquitto")
+    return stopped
+
+
 def embedded_postgres(settings: UpSettings) -> EmbeddedPostgres:
     return EmbeddedPostgres(settings.up_data_dir / "postgres", settings.up_pg_port)
 

@@ -25,7 +25,7 @@ import httpx
 import psycopg
 import pytest
 
-from citysense.launch.embedded_mqtt import find_mosquitto
+from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto
 from citysense.launch.embedded_postgres import EmbeddedPostgres
 
 pytestmark = [
@@ -108,7 +108,8 @@ class UpProcess:
             try:
                 if check():
                     return
-            except (psycopg.OperationalError, FileNotFoundError, httpx.HTTPError):
+            except (psycopg.OperationalError, psycopg.errors.UndefinedTable, FileNotFoundError,
+                    httpx.HTTPError):
                 pass  # not up yet
             time.sleep(1)
         pytest.fail(f"no {what} within {timeout:.0f}s:\n{self.output()[-3000:]}")
@@ -128,8 +129,10 @@ def up(data_dir: Path) -> Iterator[UpProcess]:
     process = UpProcess(data_dir, {"pg": free_port(), "mqtt": free_port(), "api": free_port()})
     yield process
     process.kill()
-    if (data_dir / "postgres" / "cluster" / "postmaster.pid").exists():  # after a failed test
+    # after a failed test: the servers a killed `up` leaves running
+    if (data_dir / "postgres" / "cluster" / "postmaster.pid").exists():
         EmbeddedPostgres(data_dir / "postgres", process.ports["pg"]).stop()
+    EmbeddedMosquitto(data_dir / "mosquitto", process.ports["mqtt"], find_mosquitto() or "").stop_orphan()
 
 
 def test_up_runs_the_county_and_a_restart_keeps_the_rows(up: UpProcess) -> None:
@@ -201,8 +204,6 @@ def test_newer_schema_is_refused_and_left_alone(up: UpProcess) -> None:
 
 
 def test_broker_refusing_the_login_is_one_clear_message(up: UpProcess) -> None:
-    from citysense.launch.embedded_mqtt import EmbeddedMosquitto
-
     up.data_dir.mkdir(parents=True)
     broker = EmbeddedMosquitto(up.data_dir.parent / "broker", up.ports["mqtt"], find_mosquitto() or "")
     broker.configure({"citysense-bridge": "right"}, [])
@@ -217,3 +218,18 @@ def test_broker_refusing_the_login_is_one_clear_message(up: UpProcess) -> None:
     assert "refused the login of 'citysense-bridge'" in result.stderr
     assert "CITYSENSE_MQTT_BRIDGE_PASSWORD" in result.stderr
     assert not (up.data_dir / "postgres").exists()  # nothing stored, nothing started
+
+
+def test_after_a_kill_the_next_up_stops_the_orphans_and_keeps_the_rows(up: UpProcess) -> None:
+    up.start()
+    up.poll("readings", lambda: (up.query("SELECT count(*) FROM readings") or 0) > 0)
+    up.poll("a checkpoint", lambda: (up.data_dir / "devices.json").is_file())
+    stored = up.query("SELECT count(*) FROM readings")
+    assert up.proc is not None
+    up.proc.kill()  # PostgreSQL and Mosquitto are left running, the in-memory bus is gone
+    up.proc.wait(10)
+    up.start()
+    up.poll("the next run", lambda: up.output().count("ready in") == 2)
+    assert "stopped PostgreSQL and Mosquitto left running by a killed `citysense up`" in up.output()
+    up.poll("new readings", lambda: (up.query("SELECT count(*) FROM readings") or 0) > stored)
+    assert up.interrupt() == 0, up.output()[-3000:]
