@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from brokers.base import Bus
+from brokers.memory import MemoryBus
 from brokers.mqtt import MqttClient, MqttConfig
 from citysense.exceptions import ConfigurationError
 from citysense.launch.components import Component, StageComponent
 from citysense.launch.runners import topic_specs
+from citysense.launch.up_bus import Trimmer
 from citysense.launch.up_devices import REPLAY_S, CountyDevices
 from citysense.launch.up_parts import (
     bus_part,
@@ -178,6 +180,7 @@ class Up:
                              checkpoint_interval_s=ws.writer_checkpoint_interval_s)
         await self._start_component(StageComponent("writer", self.writer))
         self.bus = bus
+        self._trimmer = Trimmer(bus) if isinstance(bus, MemoryBus) else None
         from citysense.launch.up_services import AlertsComponent, ApiComponent
 
         await self._start_component(AlertsComponent(bus, env["database_url"], _topics(self.settings)))
@@ -206,6 +209,8 @@ class Up:
             tick += 1
             if tick % 3 == 1:
                 alerts = await open_alerts(self.pool)
+            if self._trimmer is not None and tick % 5 == 0:
+                self._trimmer.trim_consumed()
             self.out.write(f"\r[{time.monotonic() - t0:5.0f}s] uplinks/s={now - last:5d} "
                            f"stored={stored} dead-lettered={dead} open alerts={alerts} "
                            f"({'live' if self.devices.live else 'replaying'})   ")
