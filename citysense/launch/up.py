@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import psycopg
+
 from brokers.base import Bus
 from brokers.memory import MemoryBus
 from brokers.mqtt import MqttClient, MqttConfig
@@ -130,7 +132,7 @@ class Up:
             await self._start_component(db)
         where = "embedded, " + str(data_dir / "postgres") if db else "CITYSENSE_DATABASE_URL"
         await check_schema(db_url, where)
-        async with await __import__("psycopg").AsyncConnection.connect(db_url) as conn:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
             applied = await migrations.migrate(conn)
         registry = registry_file(data_dir, device_secret)
         from storage.admin import import_devices
