@@ -46,7 +46,13 @@ browser: ## install Debian's chromium for the dashboard's browser test (idempote
 api: $(STAMP) ## serve the query API and dashboard (citysense api)
 	$(BIN)/citysense api
 
+.PHONY: browser api
+
 clean-state: services-down ## stop services and delete .state (all local data)
 	rm -rf .state
 
-.PHONY: help install services-up services-down services-status test lint demo demo-services clean-state browser api
+.PHONY: help install services-up services-down services-status test lint demo demo-services clean-state browser api alerts-bench
+
+alerts-bench: $(STAMP) ## alert engine: readings/s and CPU per reading (100,000 devices x 5 rules), then latency
+	$(BIN)/python -m loadtests.alerts_bench
+	$(BIN)/python -m loadtests.alerts_bench --live --rate 5000 --duration 10 --crossing-every 200

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from alerts.rules import Selector
 from ingest.profiles import PROFILES
+from storage.alerts_engine_sql import DeviceRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,16 @@ def guess(device_id: str) -> DeviceInfo:
     profile = PROFILES.get(kind)
     return DeviceInfo(device_id, kind if profile else "", kind if profile else "",
                       interval_s=profile.report_interval_s if profile else 0.0)
+
+
+def registered(row: DeviceRow) -> DeviceInfo:
+    return DeviceInfo(row.device_id, row.kind, row.profile, row.site_id, row.district, row.township,
+                      row.report_interval_s, tuple(row.tags), True)
+
+
+def partition_of(device_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2 of the key), as the producers use it."""
+    return (int(murmur2(device_id.encode())) & 0x7FFFFFFF) % partitions
 
 
 def selects(sel: Selector, d: DeviceInfo) -> bool:

@@ -21,30 +21,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 import msgspec
-from aiokafka.partitioner import murmur2
-from psycopg_pool import AsyncConnectionPool
+from aiokafka.errors import KafkaError
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from alerts.directory import ActiveSilence, DeviceInfo, guess, selects
+from alerts.directory import ActiveSilence, DeviceInfo, guess, partition_of, registered, selects
 from alerts.evaluate import evaluate_batch
 from alerts.lifecycle import NS, Compiled, Op
 from alerts.metrics import AlertMetrics
 from alerts.notify import device_time
 from alerts.publisher import publish_pending
 from alerts.recorder import Recorder
+from alerts.repeats import Repeats
 from alerts.rules import Silence
 from alerts.rules_db import load_enabled
 from alerts.settings import AlertSettings
-from alerts.silence import DeadlineHeap, late_after_ns, next_deadline, on_deadline, silence_grade
+from alerts.silence import DeadlineHeap, due, schedule
 from alerts.state import DeviceState, decode_state, encode_state
 from brokers.base import Bus, Producer, TopicPartition
 from brokers.stage import Batches, ConsumerStage
+from citysense.exceptions import CitysenseError
 from citysense.metrics import Metrics
 from citysense.records import decode_batch
 from storage import alert_rules_store
 from storage import alerts_engine_sql as q
+from storage.db import TRANSIENT
 from storage.exceptions import StorageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,13 @@ class AlertEngine:
         self._applicable: dict[str, list[Compiled]] = {}
         self._silences: list[ActiveSilence] = []
         self.heap = DeadlineHeap()
+        self.repeats = Repeats()
+        self._by_id: dict[str, Compiled] = {}
         self.recorder = Recorder(self.info, self.devices.get, lambda: self._silences,
                                  incident_window_s=settings.alerts_incident_window_s,
                                  group_wait_s=group_wait_s)
         self._stopping = asyncio.Event()
+        self._publish_lock = asyncio.Lock()
 
     # ---- directory ---------------------------------------------------------------------------
     def info(self, device_id: str) -> DeviceInfo:
@@ -103,11 +108,10 @@ class AlertEngine:
             devices = await q.load_devices(conn)
         async with self._lock:
             self.rules = [Compiled.of(r, recv) for r, recv in rules]
+            self._by_id = {c.rule.id: c for c in self.rules}
             self.rules_version = version
             self._silences = [ActiveSilence.of(s.selector, s.starts_at, s.ends_at) for s in silences]
-            self._registry = {d.device_id: DeviceInfo(
-                d.device_id, d.kind, d.profile, d.site_id, d.district, d.township, d.report_interval_s,
-                tuple(d.tags), True) for d in devices}
+            self._registry = {d.device_id: registered(d) for d in devices}
             self._applicable.clear()
             self.recorder.silence_rule_ids = frozenset(
                 c.rule.id for c in self.rules if isinstance(c.rule.condition, Silence))
@@ -120,13 +124,13 @@ class AlertEngine:
         return {tp.partition for tp in self.stage.consumer.assignment()}
 
     def partition_of(self, device_id: str) -> int:
-        return (int(murmur2(device_id.encode())) & 0x7FFFFFFF) % self._settings.readings_partitions
+        return partition_of(device_id, self._settings.readings_partitions)
 
     async def _on_assigned(self, tps: frozenset[TopicPartition]) -> None:
         partitions = {tp.partition for tp in tps}
-        async with self._pool.connection() as conn:
-            rows = await q.load_states(conn, sorted(partitions))
-        async with self._lock:
+        async with self._lock:  # no batch of these partitions is evaluated before their state is in
+            async with self._pool.connection() as conn:
+                rows = await q.load_states(conn, sorted(partitions))
             for device_id, blob in rows:
                 if device_id not in self.devices:
                     self.devices[device_id] = decode_state(blob)
@@ -144,6 +148,9 @@ class AlertEngine:
     def _watch(self, known: set[str], partitions: set[int]) -> None:
         """Schedule silence deadlines for owned devices, including registered ones never heard."""
         now = self.clock()
+        for device_id in known:
+            for c in self.rules_for(device_id):
+                self.repeats.schedule(c, device_id, self.devices[device_id])
         for device_id in list(known) + [d for d in self._registry if d not in known]:
             silence = [c for c in self.rules_for(device_id) if isinstance(c.rule.condition, Silence)]
             if not silence:
@@ -157,14 +164,7 @@ class AlertEngine:
             self._schedule(device_id, ds, silence)
 
     def _schedule(self, device_id: str, ds: DeviceState, silence: list[Compiled]) -> None:
-        since = ds.last_seen_ns or ds.watch_since_ns
-        interval = self.info(device_id).interval_s
-        for c in silence:
-            assert isinstance(c.rule.condition, Silence)
-            late = late_after_ns(c.rule.condition, interval)
-            deadline = next_deadline(since, ds.rule(c.rule.id).grade, c.rule.condition, late)
-            if deadline is not None:
-                self.heap.schedule(device_id, deadline)
+        schedule(self.heap, device_id, ds, silence, self.info(device_id).interval_s)
 
     # ---- evaluation --------------------------------------------------------------------------
     async def _handle(self, batches: Batches) -> None:
@@ -194,26 +194,16 @@ class AlertEngine:
 
     def check_silence(self) -> int:
         """Evaluate the devices whose silence deadline has passed (caller holds the lock)."""
-        now = self.clock()
-        count = 0
+        now, count = self.clock(), 0
         for device_id in self.heap.pop_due(now):
             ds = self.devices.get(device_id)
-            if ds is None:
-                continue
-            since = ds.last_seen_ns or ds.watch_since_ns
-            interval = self.info(device_id).interval_s
-            for c in self.rules_for(device_id):
-                cond = c.rule.condition
-                if not isinstance(cond, Silence) or (not ds.last_seen_ns and not cond.include_never_seen):
-                    continue
-                late = late_after_ns(cond, interval)
-                rs = ds.rule(c.rule.id)
-                ops = on_deadline(c, device_id, rs, now, silence_grade(cond, now - since, late), now - since)
+            if ds is not None:
+                silence = [c for c in self.rules_for(device_id) if isinstance(c.rule.condition, Silence)]
+                ops = due(device_id, ds, silence, self.info(device_id).interval_s, now)
                 self._ops += ops
                 count += len(ops)
-            self._dirty.add(device_id)
-            self._schedule(device_id, ds, [c for c in self.rules_for(device_id)
-                                           if isinstance(c.rule.condition, Silence)])
+                self._dirty.add(device_id)
+                self._schedule(device_id, ds, silence)
         return count
 
     # ---- checkpoint --------------------------------------------------------------------------
@@ -223,26 +213,41 @@ class AlertEngine:
             if not self._ops and not self._dirty:
                 return
             ops, dirty = self._ops, self._dirty
-            saved = {id(op.rs): (op.rs, op.rs.alert_id) for op in ops}
+            saved = {id(op.rs): (op.rs, op.rs.alert_id, op.rs.notified_ns) for op in ops}
             outbox: list[q.OutboxIn] = []
             try:
                 async with self._pool.connection() as conn, conn.transaction():
+                    now = self.clock()
                     for op in ops:
                         await self.recorder.record(conn, op, outbox)
+                        self.repeats.noted(op, now)
                     await q.save_states(conn, [
-                        (d, s.partition, _ts(s.last_seen_ns), encode_state(s))
-                        for d in dirty if (s := self.devices.get(d)) is not None])
-            except Exception as exc:
-                for rs, alert_id in saved.values():
-                    rs.alert_id = alert_id  # rolled back: the next attempt opens them again
-                if isinstance(exc, StorageUnavailableError | OSError) or "connection" in str(exc).lower():
+                        (d, s.partition, device_time(s.last_seen_ns) if s.last_seen_ns else None,
+                         encode_state(s)) for d in dirty if (s := self.devices.get(d)) is not None])
+            except BaseException as exc:
+                for rs, alert_id, notified in saved.values():
+                    rs.alert_id, rs.notified_ns = alert_id, notified  # rolled back: done again next time
+                if isinstance(exc, (*TRANSIENT, PoolTimeout)):
                     raise StorageUnavailableError(f"alert checkpoint failed: {exc}") from exc
                 raise
             self._ops, self._dirty = [], set()
             for op in ops:
+                ds = self.devices.get(op.device_id)
+                if ds is not None:
+                    self.repeats.schedule(op.compiled, op.device_id, ds)
+            for op in ops:
                 condition = op.compiled.rule.condition.type
                 self.metrics.transitions.labels(op.action, str(op.grade), condition).inc()
-        await publish_pending(self._pool, self._producer, self._settings.topic_alerts)
+        await self.publish()
+
+    async def publish(self) -> None:
+        """Committed transitions to the alerts topic; a failure leaves them for the next try."""
+        async with self._publish_lock:
+            try:
+                self.metrics.published.inc(
+                    await publish_pending(self._pool, self._producer, self._settings.topic_alerts))
+            except (CitysenseError, KafkaError, *TRANSIENT, PoolTimeout) as exc:
+                log.warning("publishing transitions failed (they stay unpublished, retried): %s", exc)
 
     # ---- run ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -263,7 +268,9 @@ class AlertEngine:
     async def tick(self) -> None:
         """Silence deadlines due by now, then a checkpoint if they made transitions."""
         async with self._lock:
-            made = self.check_silence()
+            repeated = self.repeats.due(self.clock(), self.devices, self._by_id)
+            self._ops += repeated
+            made = self.check_silence() or bool(self._ops)  # or left over from a failed flush
         if made:
             await self.flush()
 
@@ -274,13 +281,10 @@ class AlertEngine:
                 if time.monotonic() - last_poll >= self._settings.alerts_rules_poll_s:
                     last_poll = time.monotonic()
                     await self.reload()
-                    await publish_pending(self._pool, self._producer, self._settings.topic_alerts)
+                    await self.publish()
                 await self.tick()
             except Exception as exc:  # noqa: BLE001 (the stage's checkpoint retries too; keep ticking)
                 log.warning("alert tick failed (will retry): %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._tick_s)
 
-
-def _ts(t_ns: int) -> datetime | None:
-    return device_time(t_ns) if t_ns else None

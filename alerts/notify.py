@@ -18,7 +18,7 @@ from alerts.lifecycle import NS, Op
 from alerts.rules import GRADE_LABEL, Grade, Receiver
 from storage.alerts_engine_sql import OutboxIn, TransitionOut
 
-NOTIFIED_ACTIONS = frozenset({"fired", "escalated", "deescalated", "resolved"})
+NOTIFIED_ACTIONS = frozenset({"fired", "escalated", "deescalated", "resolved", "repeated"})
 
 
 def receiver_url(r: Receiver) -> str | None:

@@ -11,6 +11,8 @@ nothing: an alert that was over before anyone was told stays untold.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -33,6 +35,8 @@ class Recorder:
         self._silences = silences
         self._incident_window_s = incident_window_s
         self.group_wait_s = group_wait_s
+        # per-rule notification times for rate limits (in memory: a restart starts afresh)
+        self._sent: dict[str, deque[float]] = {}
 
     def _suppressed(self, op: Op, d: DeviceInfo) -> str | None:
         rule = op.compiled.rule
@@ -45,7 +49,18 @@ class Recorder:
         now = datetime.now(UTC)
         if any(s.covers(rule.id, d, now) for s in self._silences()):
             return "silenced"
+        limit = rule.rate_limit
+        if limit is not None and (op.action in NOTIFIED_ACTIONS or op.flapping):
+            sent = self._sent.setdefault(rule.id, deque())
+            horizon = time.monotonic() - limit.per
+            while sent and sent[0] < horizon:
+                sent.popleft()
+            if len(sent) >= limit.count:
+                return "rate_limited"
         return None
+
+    def _count_sent(self, rule_id: str) -> None:
+        self._sent.setdefault(rule_id, deque()).append(time.monotonic())
 
     silence_rule_ids: frozenset[str] = frozenset()
 
@@ -72,6 +87,8 @@ class Recorder:
         op.rs.alert_id = 0 if op.to_state == "resolved" else out.alert_id
         notify = (op.notify or op.flapping) and suppressed is None
         rows = await self._notifications(conn, op, out, d, notify)
+        if rows and rule.rate_limit is not None:
+            self._count_sent(rule.id)
         await q.enqueue(conn, rows)  # now, so a later op of this checkpoint can cancel it
         outbox += rows
         return out.transition_id
@@ -88,6 +105,8 @@ class Recorder:
             if not notify or (op.action == "resolved" and await q.cancel_unsent_fire(conn, out.alert_id)):
                 return []
             return alert_rows(op, out, None, op.action, wait if op.action == "fired" else 0.0)
+        if op.action == "repeated":  # a reminder of one member, not the incident again
+            return alert_rows(op, out, site, "repeated", 0.0) if notify else []
         incident_id = out.incident_id
         if op.action == "fired":
             incident_id, event = await q.join_incident(conn, site, out.alert_id, op.grade,

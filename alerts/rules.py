@@ -135,6 +135,13 @@ class Receiver(_Model):
     timeout_s: float = Field(default=5.0, gt=0)
 
 
+class RateLimit(_Model):
+    """At most ``count`` notifications of the rule (all devices together) per ``per``."""
+
+    count: int = Field(ge=1)
+    per: Duration = Field(gt=0)
+
+
 class Rule(_Model):
     id: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     name: str = Field(min_length=1)
@@ -147,6 +154,7 @@ class Rule(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     receivers: list[str] = Field(default_factory=list)
     repeat_interval: Duration = 4 * 3600.0
+    rate_limit: RateLimit | None = None
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @property

@@ -14,7 +14,7 @@ import heapq
 
 from alerts.lifecycle import NS, Compiled, Op
 from alerts.rules import GRADE_NAMES, Silence
-from alerts.state import FIRING, INACTIVE, RuleState
+from alerts.state import FIRING, INACTIVE, DeviceState, RuleState
 
 
 def late_after_ns(cond: Silence, interval_s: float) -> int:
@@ -57,6 +57,32 @@ def on_deadline(c: Compiled, device_id: str, rs: RuleState, now_ns: int, grade: 
     action = "escalated" if grade < rs.grade else "deescalated"
     rs.grade = grade
     return [Op(c, device_id, rs, action, "firing", "firing", grade, value, now_ns)]
+
+
+def schedule(heap: DeadlineHeap, device_id: str, ds: DeviceState, silence: list[Compiled],
+             interval_s: float) -> None:
+    """Put the device's next silence deadline (of any of its silence rules) on the heap."""
+    since = ds.last_seen_ns or ds.watch_since_ns
+    for c in silence:
+        assert isinstance(c.rule.condition, Silence)
+        late = late_after_ns(c.rule.condition, interval_s)
+        deadline = next_deadline(since, ds.rule(c.rule.id).grade, c.rule.condition, late)
+        if deadline is not None:
+            heap.schedule(device_id, deadline)
+
+
+def due(device_id: str, ds: DeviceState, silence: list[Compiled], interval_s: float, now_ns: int) -> list[Op]:
+    """The transitions a device's silence makes by ``now_ns``."""
+    since = ds.last_seen_ns or ds.watch_since_ns
+    ops: list[Op] = []
+    for c in silence:
+        cond = c.rule.condition
+        assert isinstance(cond, Silence)
+        if not ds.last_seen_ns and not cond.include_never_seen:
+            continue
+        grade = silence_grade(cond, now_ns - since, late_after_ns(cond, interval_s))
+        ops += on_deadline(c, device_id, ds.rule(c.rule.id), now_ns, grade, now_ns - since)
+    return ops
 
 
 class DeadlineHeap:

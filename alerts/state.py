@@ -25,6 +25,7 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
     points: list[tuple[int, float]] = msgspec.field(default_factory=list)  # window (time, value)
     flaps: list[int] = msgspec.field(default_factory=list)  # fire/resolve times in the flap window
     flapping: bool = False
+    notified_ns: int = 0  # clock time of the open alert's last notification (repeat_interval)
 
 
 class DeviceState(msgspec.Struct, array_like=True, gc=False):

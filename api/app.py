@@ -3,6 +3,7 @@ the database pool and the live-stream consumer and closes them on shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,7 +33,8 @@ def _database_url(settings: ApiSettings) -> str:
         raise ConfigurationError("CITYSENSE_DATABASE_URL is not set")
     url = settings.database_url.get_secret_value()
     # Every statement of a request is bounded: a query over its time never holds a worker.
-    return psycopg.conninfo.make_conninfo(url, options=f"-c statement_timeout={settings.api_statement_timeout_ms}")
+    timeout = f"-c statement_timeout={settings.api_statement_timeout_ms}"
+    return psycopg.conninfo.make_conninfo(url, options=timeout)
 
 
 async def _start_hub(app: FastAPI, settings: ApiSettings) -> None:
@@ -53,7 +55,7 @@ async def _start_hub(app: FastAPI, settings: ApiSettings) -> None:
                   settings.api_sse_buffer, district_of, app.state.metrics.sse_dropped.inc)
     try:
         await hub.start()
-    except Exception as exc:  # the API still serves queries without Kafka; readyz says so
+    except Exception as exc:  # noqa: BLE001  # the API still serves queries without Kafka; readyz says so
         log.warning("live streams off: Kafka at %s unreachable (%s)", settings.kafka_bootstrap, exc)
         await hub.stop()
         return
@@ -106,6 +108,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     app.state.limiter = RateLimiter(settings.api_rate_per_s, settings.api_rate_burst)
     app.state.overview_cache = None
+    app.state.overview_lock = asyncio.Lock()
+    app.state.overview_task = None
     app.middleware("http")(app.state.metrics.middleware)
     for exc_type in (StorageUnavailableError, psycopg.OperationalError, PoolTimeout):
         app.add_exception_handler(exc_type, _unavailable)

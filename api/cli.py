@@ -36,7 +36,7 @@ def create(
 
     async def go() -> str:
         async with await psycopg.AsyncConnection.connect(_url()) as conn:
-            _, token = await apikeys.create_key(conn, name, role)  # type: ignore[arg-type]  # checked above
+            _, token = await apikeys.create_key(conn, name, role)
             return token
 
     try:

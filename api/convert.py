@@ -15,5 +15,5 @@ def latest_values(row: DeviceRow) -> list[LatestValueOut]:
 
 
 def device_latest(row: DeviceRow) -> DeviceLatest:
-    return DeviceLatest(device_id=row.device_id, status=row.status,  # type: ignore[arg-type]
+    return DeviceLatest(device_id=row.device_id, status=row.status,
                         last_seen=row.last_seen, values=latest_values(row))

@@ -78,7 +78,8 @@ async def get_principal(
     limiter: RateLimiter = request.app.state.limiter
     wait = limiter.take(principal.key_id)
     if wait > 0:
-        raise HTTPException(429, detail=f"rate limit of key {principal.name!r} exceeded; retry in {wait:.2f} s",
+        raise HTTPException(429, detail=f"rate limit of key {principal.name!r} exceeded; "
+                                        f"retry in {wait:.2f} s",
                             headers={"Retry-After": str(max(1, round(wait)))})
     return principal
 
@@ -88,7 +89,8 @@ def require(role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
 
     async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.may(role):
-            raise HTTPException(403, detail=f"this needs the {role} role; key {principal.name!r} is {principal.role}")
+            raise HTTPException(
+                403, detail=f"this needs the {role} role; key {principal.name!r} is {principal.role}")
         return principal
 
     return check

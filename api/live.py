@@ -36,11 +36,11 @@ class Subscription:
         self.max_grade = max_grade
         self.dropped = False
         self.closed = False
-        self._items: deque[dict[str, Any]] = deque()
+        self._items: deque[str] = deque()
         self._limit = limit
         self._wake = asyncio.Event()
 
-    def push(self, item: dict[str, Any]) -> bool:
+    def push(self, item: str) -> bool:
         """False when the buffer is full: the subscriber is too slow and is dropped."""
         if self.closed:
             return True
@@ -56,7 +56,7 @@ class Subscription:
         self.closed = True
         self._wake.set()
 
-    async def next(self) -> dict[str, Any] | None:
+    async def next(self) -> str | None:
         """The next item, or None once closed (stop, or dropped)."""
         while not self._items and not self.closed:
             self._wake.clear()
@@ -101,10 +101,15 @@ class LiveHub:
         self._uplinks: deque[tuple[float, int]] = deque()
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(self._alerts_topic, self._readings_topic, bootstrap_servers=self._bootstrap,
+        consumer = AIOKafkaConsumer(self._alerts_topic, self._readings_topic,
+                                    bootstrap_servers=self._bootstrap,
                                     group_id=None, enable_auto_commit=False, auto_offset_reset="latest",
                                     client_id="citysense-api-live")
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="api-live")
 
@@ -131,7 +136,7 @@ class LiveHub:
             return False
         try:
             await asyncio.wait_for(self._consumer.topics(), timeout=3)
-        except Exception:  # any failure to fetch metadata means not ready
+        except Exception:  # noqa: BLE001  # any failure to fetch metadata means not ready
             return False
         return True
 
@@ -186,8 +191,11 @@ class LiveHub:
                         await self._alert(m.value)
 
     def _deliver(self, subs: set[Subscription], item: dict[str, Any]) -> None:
+        if not subs:
+            return
+        data = json.dumps(item, default=str, ensure_ascii=False)  # once, whatever the subscribers
         for sub in list(subs):
-            if not sub.push(item):
+            if not sub.push(data):
                 self.unsubscribe(sub)
                 self._on_drop()
 
@@ -203,7 +211,8 @@ class LiveHub:
             return
         self._deliver(subs, {
             "device_id": batch.device_id, "received_ns": batch.received_ns,
-            "readings": [{"metric": r.metric, "time_ns": r.time_ns, "value": r.value} for r in batch.readings],
+            "readings": [{"metric": r.metric, "time_ns": r.time_ns, "value": r.value}
+                         for r in batch.readings],
         })
 
     async def _alert(self, value: bytes) -> None:

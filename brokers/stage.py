@@ -66,8 +66,12 @@ class ConsumerStage:
         self._stopping = asyncio.Event()
         self._revoking = asyncio.Event()  # a rebalance waits: stop retrying, hand over
         self._after_revoked = on_revoked  # the stage's owner drops what it kept for those partitions
+        self._after_assigned = on_assigned
+        # Revoked and not assigned again: records of these fetched before the rebalance are
+        # the new owner's (the consumer's assignment() can still list them for a while).
+        self._revoked: set[TopicPartition] = set()
         self.consumer: Consumer = bus.consumer(topics, group, on_revoked=self._on_revoked,
-                                               on_assigned=on_assigned)
+                                               on_assigned=self._on_assigned)
         # handled, not committed yet: the next offset per partition, since when, how much
         self._pending: dict[TopicPartition, int] = {}
         self._pending_since = 0.0
@@ -89,11 +93,18 @@ class ConsumerStage:
                     log.warning("checkpoint before revocation failed, offsets uncommitted: %s", exc)
                 for tp in partitions:  # given up on: the new owner starts from the last commit
                     self._pending.pop(tp, None)
+                self._revoked.update(partitions)
                 if self._after_revoked is not None:
                     await self._after_revoked(partitions)
                 log.info("partitions revoked: %s", sorted(partitions))
         finally:
             self._revoking.clear()
+
+    async def _on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        # The owner first (it may load state for these partitions), then their records flow.
+        if self._after_assigned is not None:
+            await self._after_assigned(partitions)
+        self._revoked.difference_update(partitions)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -134,7 +145,7 @@ class ConsumerStage:
         async with self._lock:
             owned = self.consumer.assignment()
             # Records of partitions revoked since getmany belong to the new owner now.
-            batches = {tp: msgs for tp, msgs in batches.items() if tp in owned}
+            batches = {tp: msgs for tp, msgs in batches.items() if tp in owned and tp not in self._revoked}
             if not batches:
                 return
             started = time.perf_counter()

@@ -16,7 +16,8 @@ group's join is not counted). Bounded: the run stops after ``--timeout`` s.
 
 ``--live`` produces at a steady rate (readings stamped with the wall clock)
 and reports the latency from a reading to its 'fired' transition on the
-alerts topic (the Kafka record's timestamp), p50/p99.
+alerts topic (the Kafka record's timestamp) and to its webhook delivery (a
+local receiver, the delivery worker in the same process), p50/p99.
 
 The machine running it may be shared: figures are for that machine, that day.
 """
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import time
 import uuid
 
 import psycopg
 
+from alerts.delivery import Delivery
 from alerts.engine import AlertEngine
 from alerts.rule_file import parse
 from alerts.rules_db import apply_rules
@@ -57,6 +60,25 @@ rules:
      grades: {yellow: 40, red: 45}, for: 2m}
   - {id: air-silent, name: silent, selector: {kind: [air]}, condition: {type: silence, grace: 2m}}
 """
+
+
+async def _webhook_sink() -> tuple[asyncio.AbstractServer, str]:
+    """A local receiver that answers 200 to every POST (the live run's webhook)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
 
 
 def make_records(devices: int, uplinks: int, crossing_every: int) -> tuple[list[KeyValue], int]:
@@ -146,16 +168,24 @@ async def live(args: argparse.Namespace) -> None:
     tag = uuid.uuid4().hex[:8]
     readings_topic, alerts_topic = f"bench.{tag}.readings", f"bench.{tag}.alerts"
     await bus.create_topics([TopicSpec(readings_topic, args.partitions), TopicSpec(alerts_topic, 1)])
+    server, hook = await _webhook_sink()
+    os.environ.setdefault("CITYSENSE_ALERT_BENCH_SECRET", uuid.uuid4().hex)
+    receiver = f"{{name: bench, url: '{hook}', secret_env: CITYSENSE_ALERT_BENCH_SECRET}}"
+    live_rules = (f"receivers:\n  - {receiver}\n"
+                  + RULES.replace("clear: 100}", "clear: 100, receivers: [bench]}"))
     async with scratch_database("alerts_bench") as url:
         async with await psycopg.AsyncConnection.connect(url) as conn:
             await migrations.migrate(conn, prefer_timescale=False)
-            await apply_rules(conn, parse(RULES), source="bench", actor="bench")
+            await apply_rules(conn, parse(live_rules), source="bench", actor="bench")
         settings = AlertSettings(
             database_url=url, kafka_bootstrap=common.kafka_bootstrap, topic_readings=readings_topic,
             topic_alerts=alerts_topic, readings_partitions=args.partitions, alerts_group=f"bench-{tag}",
-            alerts_max_records=args.max_records, alerts_checkpoint_interval_s=args.checkpoint_s)
-        pool = await open_pool(url, max_size=3)
+            alerts_max_records=args.max_records, alerts_checkpoint_interval_s=args.checkpoint_s,
+            deliver_poll_s=0.1)
+        pool = await open_pool(url, max_size=4)
         engine = AlertEngine(bus, pool, settings, group_wait_s=0)
+        delivery = Delivery(pool, settings)
+        delivering = asyncio.create_task(delivery.run())
         task = asyncio.create_task(engine.run())
         joined = time.monotonic() + 60
         while not engine.stage.consumer.assignment() and time.monotonic() < joined:
@@ -189,7 +219,24 @@ async def live(args: argparse.Namespace) -> None:
         await asyncio.sleep(2 * args.checkpoint_s + 1)
         engine.request_stop()
         await task
+        async with pool.connection() as conn:
+            drained = time.monotonic() + 30
+            while (await (await conn.execute(
+                    "SELECT count(*) FROM alert_outbox WHERE state = 'pending'")).fetchone() or [0])[0]:
+                if time.monotonic() > drained:
+                    break
+                await asyncio.sleep(0.1)  # polling the outbox, bounded
+            cur = await conn.execute(
+                """SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY d),
+                          percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d)
+                   FROM (SELECT extract(epoch FROM delivered_at - (payload->>'device_time')::timestamptz)
+                                * 1000 AS d
+                         FROM alert_outbox WHERE state = 'delivered' AND payload->>'action' = 'fired') x""")
+            webhook = await cur.fetchone()
+        delivery.request_stop()
+        await delivering
         await pool.close()
+    server.close()
     consumer = bus.consumer([alerts_topic], f"bench-read-{tag}")
     await consumer.start()
     latencies: list[float] = []
@@ -212,6 +259,9 @@ async def live(args: argparse.Namespace) -> None:
     print(f"live: {sent:,} uplinks at {args.rate:,}/s for {args.duration:.0f}s, committed "
           f"{engine.stage.records_committed:,}; reading -> alerts topic over {len(latencies):,} 'fired': "
           f"p50 {pick(0.5):.0f} ms  p99 {pick(0.99):.0f} ms  max {latencies[-1]:.0f} ms")
+    if webhook and webhook[0]:
+        print(f"reading -> webhook delivered over {webhook[0]:,} 'fired': p50 {webhook[1]:.0f} ms  "
+              f"p99 {webhook[2]:.0f} ms  max {webhook[3]:.0f} ms (group_wait 0, delivery poll 0.1 s)")
 
 
 def main() -> None:

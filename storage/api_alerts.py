@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg import sql
 from psycopg.rows import class_row
@@ -40,13 +40,16 @@ async def list_alerts(conn: Conn, f: AlertFilter, *, before_id: int | None, limi
             params.append(value)
     if f.open_only:
         where.append(sql.SQL("a.state <> 'resolved'"))
-    for clause, value in (("a.grade <= %s", f.max_grade), ("a.started_at >= %s", f.since),
-                          ("a.started_at < %s", f.until), ("a.alert_id < %s", before_id)):
-        if value is not None:
-            where.append(sql.SQL(clause))  # type: ignore[arg-type]  # literal clauses above
-            params.append(value)
+    clauses: tuple[tuple[LiteralString, object], ...] = (
+        ("a.grade <= %s", f.max_grade), ("a.started_at >= %s", f.since), ("a.started_at < %s", f.until),
+        ("a.alert_id < %s", before_id))
+    for clause, bound in clauses:
+        if bound is not None:
+            where.append(sql.SQL(clause))
+            params.append(bound)
     if f.district is not None:
-        where.append(sql.SQL("EXISTS (SELECT FROM devices d WHERE d.device_id = a.device_id AND d.district = %s)"))
+        where.append(sql.SQL(
+            "EXISTS (SELECT FROM devices d WHERE d.device_id = a.device_id AND d.district = %s)"))
         params.append(f.district)
     query = sql.SQL("SELECT {cols} FROM alerts a WHERE {where} ORDER BY a.alert_id DESC LIMIT %s").format(
         cols=_COLS, where=sql.SQL(" AND ").join(where) if where else sql.SQL("true"))

@@ -147,7 +147,8 @@ async def status_grid(conn: Conn, th: Thresholds, cell_deg: float, kind: str | N
 async def connectors(conn: Conn, th: Thresholds, *, site_id: str | None = None) -> list[Connector]:
     cur = await conn.execute(sql.SQL(
         """SELECT d.site_id, c.device_id, c.connector, c.state, {g}, c.time, d.lat, d.lon
-           FROM charger_connectors c JOIN devices d USING (device_id) LEFT JOIN device_state s USING (device_id)
+           FROM charger_connectors c JOIN devices d USING (device_id)
+                LEFT JOIN device_state s USING (device_id)
            WHERE d.active AND (%(site)s::text IS NULL OR d.site_id = %(site)s)
            ORDER BY d.site_id, c.device_id, c.connector LIMIT 10000""").format(g=_group_expr()),
         _p(th, site=site_id, charging=list(CHARGING_STATES), faulted=list(FAULTED_STATES)))
@@ -164,12 +165,15 @@ async def nearest_available(conn: Conn, th: Thresholds, lat: float, lon: float, 
         """SELECT * FROM (
              SELECT d.site_id, c.device_id, c.connector, c.state, {g} AS grp, c.time, d.lat, d.lon,
                     2 * 6371000 * asin(sqrt(power(sin(radians(d.lat - %(lat)s) / 2), 2)
-                        + cos(radians(%(lat)s)) * cos(radians(d.lat)) * power(sin(radians(d.lon - %(lon)s) / 2), 2)))
+                        + cos(radians(%(lat)s)) * cos(radians(d.lat))
+                          * power(sin(radians(d.lon - %(lon)s) / 2), 2)))
                       AS dist
-             FROM charger_connectors c JOIN devices d USING (device_id) LEFT JOIN device_state s USING (device_id)
+             FROM charger_connectors c JOIN devices d USING (device_id)
+                  LEFT JOIN device_state s USING (device_id)
              WHERE d.active AND d.lat BETWEEN %(lat)s - %(dlat)s AND %(lat)s + %(dlat)s
                AND d.lon BETWEEN %(lon)s - %(dlon)s AND %(lon)s + %(dlon)s) x
-           WHERE grp = 'available' AND dist <= %(radius)s ORDER BY dist, device_id, connector LIMIT %(limit)s"""
+           WHERE grp = 'available' AND dist <= %(radius)s
+           ORDER BY dist, device_id, connector LIMIT %(limit)s"""
     ).format(g=_group_expr()),
         _p(th, lat=lat, lon=lon, dlat=dlat, dlon=dlon, radius=radius_m, limit=limit,
            charging=list(CHARGING_STATES), faulted=list(FAULTED_STATES)))

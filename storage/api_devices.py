@@ -36,6 +36,7 @@ class DeviceFilter:
     site_id: str | None = None
     status: Status | None = None
     text: str | None = None
+    device_ids: tuple[str, ...] | None = None
     include_inactive: bool = False
 
 
@@ -73,7 +74,8 @@ def status_expr() -> sql.Composed:
     return sql.SQL(
         """CASE WHEN s.last_seen IS NULL THEN 'offline'
                 WHEN s.last_seen >= now() - d.report_interval_s * %(late)s * interval '1 second' THEN 'online'
-                WHEN s.last_seen >= now() - d.report_interval_s * %(offline)s * interval '1 second' THEN 'late'
+                WHEN s.last_seen >= now() - d.report_interval_s * %(offline)s * interval '1 second'
+                     THEN 'late'
                 ELSE 'offline' END""").format()
 
 
@@ -90,6 +92,9 @@ def filter_sql(f: DeviceFilter, params: dict[str, Any]) -> sql.Composable:
     if f.text:
         where.append(sql.SQL("strpos(lower(d.device_id), lower(%(text)s)) > 0"))
         params["text"] = f.text
+    if f.device_ids is not None:
+        where.append(sql.SQL("d.device_id = ANY(%(ids)s)"))
+        params["ids"] = list(f.device_ids)
     if not f.include_inactive:
         where.append(sql.SQL("d.active"))
     return sql.SQL(" AND ").join(where) if where else sql.SQL("true")
@@ -99,7 +104,8 @@ def _latest(metrics: list[str] | None, times: list[int] | None,
             values: list[float] | None) -> dict[str, tuple[datetime, float]]:
     if not metrics or not times or not values:
         return {}
-    return {m: (_EPOCH + timedelta(microseconds=t), v) for m, t, v in zip(metrics, times, values, strict=True)}
+    return {m: (_EPOCH + timedelta(microseconds=t), v)
+            for m, t, v in zip(metrics, times, values, strict=True)}
 
 
 _SELECT = sql.SQL(
@@ -111,7 +117,9 @@ _SELECT = sql.SQL(
 
 def _row(r: tuple[Any, ...], with_latest: bool) -> DeviceRow:
     latest = _latest(r[14], r[15], r[16]) if with_latest else {}
-    return DeviceRow(*r[:14], latest=latest)
+    return DeviceRow(device_id=r[0], kind=r[1], profile=r[2], network=r[3], site_id=r[4], township=r[5],
+                     district=r[6], lat=r[7], lon=r[8], report_interval_s=r[9], metadata=r[10], active=r[11],
+                     last_seen=r[12], status=r[13], latest=latest)
 
 
 async def list_devices(conn: Conn, f: DeviceFilter, th: Thresholds, *, after: str | None, limit: int,
@@ -155,7 +163,8 @@ async def insert_device(conn: Conn, device_id: str, values: dict[str, Any]) -> b
     """Register a device; False when the id is taken."""
     cols = [c for c in _COLUMNS if c in values]
     params = [Jsonb(values[c]) if c == "metadata" else values[c] for c in cols]
-    query = sql.SQL("INSERT INTO devices (device_id, {cols}) VALUES (%s, {ph}) ON CONFLICT DO NOTHING").format(
+    query = sql.SQL(
+        "INSERT INTO devices (device_id, {cols}) VALUES (%s, {ph}) ON CONFLICT DO NOTHING").format(
         cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
         ph=sql.SQL(", ").join(sql.Placeholder() * len(cols)))
     async with conn.transaction():

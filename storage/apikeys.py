@@ -22,7 +22,7 @@ from storage.exceptions import StorageError
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
-TOKEN_PREFIX = "csk"
+TOKEN_PREFIX = "csk"  # noqa: S105  # a label, not a secret
 
 APIKEYS_DDL: tuple[LiteralString, ...] = (
     """CREATE TABLE api_keys (

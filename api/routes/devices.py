@@ -44,7 +44,8 @@ def _page_limit(limit: int | None, settings: SettingsDep) -> int:
 
 
 def _filter(kind: str | None, profile: str | None, district: str | None, township: str | None,
-            site: str | None, status: Literal["online", "late", "offline"] | None, q: str | None) -> DeviceFilter:
+            site: str | None, status: Literal["online", "late", "offline"] | None,
+            q: str | None) -> DeviceFilter:
     return DeviceFilter(kind=kind, profile=profile, district=district, township=township, site_id=site,
                         status=status, text=q)
 
@@ -59,7 +60,8 @@ async def list_devices(
 ) -> DevicePage:
     """Active devices matching every filter, in device-id order, one page at a time."""
     n = _page_limit(limit, settings)
-    rows = await api_devices.list_devices(conn, _filter(kind, profile, district, township, site, status, q), th,
+    f = _filter(kind, profile, district, township, site, status, q)
+    rows = await api_devices.list_devices(conn, f, th,
                                           after=pagination.decode(cursor, str), limit=n)
     nxt = pagination.encode(rows[-1].device_id) if len(rows) == n else None
     return DevicePage(items=[device_out(r) for r in rows], next_cursor=nxt)
@@ -91,12 +93,19 @@ async def get_latest(device_id: DeviceId, _: Viewer, conn: ConnDep, th: Threshol
 async def list_latest(
     _: Viewer, conn: ConnDep, settings: SettingsDep, th: ThresholdsDep,
     kind: Text = None, district: Text = None, township: Text = None, site: Text = None,
+    device: Annotated[list[str] | None, Query(max_length=100, description="device ids (repeat; at most 100)")]
+    = None,
     limit: Annotated[int | None, Query(ge=1)] = None, cursor: Cursor = None,
 ) -> LatestPage:
-    """Latest values of many devices, one page at a time."""
+    """Latest values of many devices (the ids given, or those matching the filters), one page at
+    a time; unknown ids are left out."""
     n = _page_limit(limit, settings)
-    rows = await api_devices.list_devices(conn, _filter(kind, None, district, township, site, None, None), th,
-                                          after=pagination.decode(cursor, str), limit=n, with_latest=True)
+    if device is not None and any(not d or len(d) > 200 for d in device):
+        raise unprocessable(["query", "device"], "a device id is 1 to 200 characters")
+    f = DeviceFilter(kind=kind, district=district, township=township, site_id=site,
+                     device_ids=tuple(device) if device is not None else None)
+    rows = await api_devices.list_devices(conn, f, th, after=pagination.decode(cursor, str), limit=n,
+                                          with_latest=True)
     nxt = pagination.encode(rows[-1].device_id) if len(rows) == n else None
     return LatestPage(items=[device_latest(r) for r in rows], next_cursor=nxt)
 
@@ -155,5 +164,6 @@ async def import_devices(body: Annotated[registry.Registry, Body()], _: Admin, c
         sites, devices = await registry.import_registry(conn, body)
     except psycopg.errors.ForeignKeyViolation as exc:
         detail = exc.diag.message_detail or ""
-        raise unprocessable(["body", "devices"], f"a device names a site that does not exist: {detail}") from exc
+        raise unprocessable(["body", "devices"],
+                            f"a device names a site that does not exist: {detail}") from exc
     return ImportResult(sites=sites, devices=devices)

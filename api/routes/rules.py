@@ -92,7 +92,7 @@ async def get_rule(rule_id: RuleId, _: Viewer, conn: ConnDep) -> RuleOut:
 @router.post("/validate", response_model=Validation)
 async def validate(body: RuleIn, _: Admin) -> Validation:
     """Check a rule without storing it: every problem, with where it is."""
-    _, _, problems = _check(body)
+    problems = _check(body)[2]
     return Validation(valid=not problems, problems=problems)
 
 
@@ -110,15 +110,16 @@ async def update_rule(rule_id: RuleId, body: RuleIn, who: Admin, conn: ConnDep) 
     rule, receivers = _valid(body)
     if rule.id != rule_id:
         raise HTTPException(422, detail=[{"loc": ["body", "rule", "id"], "type": "value_error",
-                                          "msg": f"the rule's id {rule.id!r} is not {rule_id!r} of the path"}])
+                                          "msg": f"the rule's id {rule.id!r} is not {rule_id!r} "
+                                                 "of the path"}])
     if await alert_rules_store.get_rule(conn, rule_id) is None:
         raise not_found(f"rule {rule_id!r}")
     return await _store(conn, rule, receivers, who.actor)
 
 
 async def _store(conn: ConnDep, rule: Rule, receivers: list[Receiver], actor: str) -> RuleOut:
-    await alert_rules_store.upsert_rules(conn, [(rule.id, rule.name, rule.enabled,
-                                                 stored_definition(rule, receivers))], source="api", actor=actor)
+    row_in = (rule.id, rule.name, rule.enabled, stored_definition(rule, receivers))
+    await alert_rules_store.upsert_rules(conn, [row_in], source="api", actor=actor)
     row = await alert_rules_store.get_rule(conn, rule.id)
     assert row is not None
     return RuleOut.model_validate(row)

@@ -67,4 +67,5 @@ async def series(
     source = queries.choose_source(start, end, width)
     rows = await queries.series(conn, device_id, metric, start, end, width, agg, source=source)
     return SeriesOut(device_id=device_id, metric=metric, agg=agg, bucket_s=width.total_seconds(),
-                     source=source, from_=start, to=end, t=[p.bucket for p in rows], v=[p.value for p in rows])
+                     source=source, from_=start, to=end, t=[p.bucket for p in rows],
+                     v=[p.value for p in rows])

@@ -36,6 +36,7 @@ async def create_silence(body: SilenceIn, who: Operator, conn: ConnDep) -> Silen
 
 
 @router.delete("/{silence_id}", status_code=204, responses=NOT_FOUND)
-async def expire_silence(silence_id: Annotated[int, Path(ge=1, le=2**62)], _: Operator, conn: ConnDep) -> None:
+async def expire_silence(silence_id: Annotated[int, Path(ge=1, le=2**62)], _: Operator,
+                         conn: ConnDep) -> None:
     if not await alert_rules_store.expire_silence(conn, silence_id):
         raise not_found(f"active silence {silence_id}")

@@ -22,10 +22,12 @@ from api.routes import V1
 from storage import api_devices
 
 router = APIRouter(prefix=f"{V1}/stream", tags=["live"], responses=ERRORS)
-_SSE = {200: {"content": {"text/event-stream": {}}, "description": "an event stream"}}
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "an event stream"}}
 
 
-async def _events(request: Request, hub: LiveHub, sub: Subscription, event: str) -> AsyncIterator[dict[str, Any]]:
+async def _events(request: Request, hub: LiveHub, sub: Subscription,
+                  event: str) -> AsyncIterator[dict[str, Any]]:
     metrics = request.app.state.metrics
     metrics.sse_clients.inc()
     try:
@@ -36,7 +38,7 @@ async def _events(request: Request, hub: LiveHub, sub: Subscription, event: str)
                 if sub.dropped:
                     yield {"event": "dropped", "data": json.dumps({"reason": "client too slow; reconnect"})}
                 return
-            yield {"event": event, "data": json.dumps(item, default=str, ensure_ascii=False)}
+            yield {"event": event, "data": item}  # JSON, encoded once by the hub
     finally:
         hub.unsubscribe(sub)
         metrics.sse_clients.dec()

@@ -92,3 +92,23 @@ async def test_every_condition_kind_at_the_exact_reading(
     assert await scalar(database, "SELECT count(*) FROM alerts WHERE state <> 'resolved'") == 1
     published = await scalar(database, "SELECT count(*) FROM alert_transitions WHERE published_at IS NULL")
     assert published == 0
+
+
+async def test_the_default_rule_pack_runs_on_the_seeds_kinds(
+        pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
+    from alerts.cli import DEFAULT_RULES
+
+    s = alert_settings(pipeline_settings, database)
+    await setup(kafka_bus, s, DEFAULT_RULES.read_text())
+    async with Harness(kafka_bus, s) as h:
+        await h.send([bridge(i, crack_width_mm=0.35, tilt_deg=0.01, deflection_mm=5.0) for i in range(4)])
+        rain = [RecordBatch("rain-0001", T0 + i * 5 * MIN, (Reading("rain-0001", "rain_mm", T0 + i * 5 * MIN,
+                                                                    20.0, T0 + i * 5 * MIN),))
+                for i in range(4)]
+        await h.send(rain)
+        await h.send([RecordBatch("env-0001", T0, health=(Health("env-0001", T0, -110.0, 1.0, 1, 3.25),))])
+    got = {(r, d, a, g) for r, d, a, g, _, _ in await transitions(database)}
+    assert ("bridge-crack-width", "bridge-0001", "fired", 3) in got  # 0.35 mm for 2 min: yellow III
+    assert ("rain-3h", "rain-0001", "fired", 2) in got  # 60 mm in 3 h: orange rainstorm signal
+    assert ("rain-6h", "rain-0001", "fired", 3) in got
+    assert ("device-low-battery", "env-0001", "fired", 3) in got  # 3.25 V: yellow

@@ -91,3 +91,18 @@ def test_an_offline_device_inhibits_its_data_rules_notifications() -> None:
     assert recorder._suppressed(other, DeviceInfo("air-0002", "air", "air")) is None  # same device only
     own = Op(silence, "air-0001", RuleState(), "escalated", "firing", "firing", 2, 1.0, T0)
     assert recorder._suppressed(own, DeviceInfo("air-0001", "air", "air")) is None
+
+
+async def test_a_rules_rate_limit_holds_back_notifications_beyond_it(
+        pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
+    s = alert_settings(pipeline_settings, database)
+    grades = "    grades: {yellow: 75, red: 150}\n"
+    limit = "    rate_limit: {count: 2, per: 1h}\n"
+    limited = rules("http://127.0.0.1:9/hook").replace(grades, grades + limit)
+    await setup(kafka_bus, s, limited)
+    async with Harness(kafka_bus, s) as h:
+        await h.send([RecordBatch(f"air-{i:04d}", T0, (Reading(f"air-{i:04d}", "pm25", T0, 80.0, T0),))
+                      for i in range(5)])
+    assert await scalar(database, "SELECT count(*) FROM alerts WHERE state = 'firing'") == 5
+    assert await scalar(database, "SELECT count(*) FROM alert_outbox") == 2
+    assert await scalar(database, "SELECT count(*) FROM alerts WHERE suppressed = 'rate_limited'") == 3

@@ -19,10 +19,12 @@ rules:
     name: meter silent
     selector: {kind: [meter]}
     condition: {type: silence, grace: 10m, grace_ratio: 0}
+    repeat_interval: 0  # no reminders here (see the repeat test below)
   - id: charger-offline
     name: charger heartbeat missing
     selector: {kind: [charger]}
     condition: {type: silence, grace: 10s, grace_ratio: 0}
+    repeat_interval: 0
 """
 H = 3600 * NS
 
@@ -61,3 +63,30 @@ async def test_late_then_offline_then_back(pipeline_settings: CommonSettings, ka
             ("meter-0002", "escalated", 2, 12 * 3600 + 1200.0),
             ("meter-0001", "resolved", 2, 13 * 3600.0)])
         assert len(h.engine.heap) <= 3  # one live deadline per watched device, no sweep
+
+
+REPEAT = """
+rules:
+  - id: hot
+    name: hot
+    selector: {kind: [air]}
+    condition: {type: threshold, metric: temperature}
+    grades: {red: 40}
+    repeat_interval: 4h
+"""
+
+
+async def test_a_firing_alert_is_notified_again_every_repeat_interval(
+        pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
+    s = alert_settings(pipeline_settings, database)
+    await setup(kafka_bus, s, REPEAT)
+    async with Harness(kafka_bus, s) as h:
+        await h.send([RecordBatch("air-0001", T0, (Reading("air-0001", "temperature", T0, 45.0, T0),))])
+        await h.advance(T0 + 4 * H - NS)
+        await h.advance(T0 + 4 * H)
+        await h.advance(T0 + 8 * H)
+        t = T0 + 8 * H + 60 * NS
+        await h.send([RecordBatch("air-0001", t, (Reading("air-0001", "temperature", t, 20.0, t),))])
+        await h.advance(T0 + 13 * H)  # resolved: no more reminders
+    got = [(a, (tn - T0) // H) for _, _, a, _, _, tn in await transitions(database)]
+    assert got == [("fired", 0), ("repeated", 4), ("repeated", 8), ("resolved", 8)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 import uvicorn
 from psycopg import sql
+from sse_starlette.sse import AppStatus
 
 from api.app import create_app
 from api.settings import ApiSettings
@@ -63,8 +65,11 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
+        self.server.handle_exit(signal.SIGTERM, None)  # as a real SIGTERM: sse-starlette hooks it
         self.thread.join(timeout=15)
+        # sse-starlette keeps "the server is exiting" process-wide (one server per process in
+        # production); the next test server in this process must start without it.
+        AppStatus.should_exit = False
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +85,28 @@ def api(service_env: ServiceEnv) -> Iterator[Api]:
         asyncio.run(bus.create_topics([TopicSpec(t, 1) for t in topics.values()]))
         county = asyncio.run(populate(db_url))
         port = _free_port()
-        settings = ApiSettings(database_url=db_url, kafka_bootstrap=service_env.kafka_bootstrap, api_port=port,
+        settings = ApiSettings(database_url=db_url, kafka_bootstrap=service_env.kafka_bootstrap,
+                               api_port=port,
                                api_rate_per_s=1000, api_rate_burst=5000, api_overview_cache_s=0,
                                api_sse_ping_s=1, api_key_cache_s=0, **topics)
         app = create_app(settings)
         with ServerThread(app, port):
             yield Api(f"http://127.0.0.1:{port}", db_url, county, settings, app)
     finally:
-        with psycopg.connect(service_env.database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(service_env.database_url, name)
+
+
+def drop_database(url: str, name: str) -> None:
+    """Drop ``name``; FORCE is refused while a server worker (autovacuum) is in it, a plain
+    DROP while a client is: try both for a few seconds."""
+    force = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    plain = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for attempt in range(50):
+            try:
+                conn.execute(force if attempt % 2 == 0 else plain)
+                return
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)

@@ -80,8 +80,9 @@ async def _alerts(conn: psycopg.AsyncConnection[object], now: datetime) -> tuple
     return ids, incident
 
 
-async def populate(url: str) -> County:
-    now = real_now()
+async def populate(url: str, now: datetime | None = None) -> County:
+    """Fill a database (migrated here on PostgreSQL unless already migrated, e.g. on TimescaleDB)."""
+    now = now or real_now()
     data = export_scenario("county", None)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await migrations.migrate(conn, prefer_timescale=False)

@@ -35,7 +35,8 @@ def test_401_without_or_with_a_bad_key(api: Api) -> None:
 MUTATIONS = [
     ("post", "/alerts/{a}/acknowledge", "operator"), ("post", "/alerts/{a}/resolve", "operator"),
     ("post", "/incidents/{i}/acknowledge", "operator"), ("post", "/silences", "operator"),
-    ("delete", "/silences/1", "operator"), ("post", "/devices", "admin"), ("patch", "/devices/brg-01", "admin"),
+    ("delete", "/silences/1", "operator"), ("post", "/devices", "admin"),
+    ("patch", "/devices/brg-01", "admin"),
     ("delete", "/devices/brg-01", "admin"), ("post", "/devices/import", "admin"),
 ]
 
@@ -163,3 +164,60 @@ def test_keys_are_stored_hashed(api: Api) -> None:
     stored = asyncio.run(rows())
     assert all(token.split("_")[2] not in str(r) for r in stored)
     assert any(r[1] == apikeys.hash_secret(token.split("_")[2]) for r in stored)
+
+
+def test_overview_is_shared_and_refreshed_in_the_background(api: Api) -> None:
+    import time
+
+    settings = api.settings.model_copy(update={"api_overview_cache_s": 0.5, "api_live": False})
+    port = _free_port()
+    with ServerThread(create_app(settings), port):
+        other = Api(f"http://127.0.0.1:{port}", api.db_url, api.county, settings, None)
+        with other.client("viewer") as c, other.client("admin") as admin:
+            first = c.get(f"{V1}/overview").json()
+            assert admin.post(f"{V1}/devices", json={
+                "device_id": "ov-new-1", "kind": "air", "profile": "air", "network": "lte-cat1",
+                "township": "t", "district": "d", "report_interval_s": 60}).status_code == 201
+            assert c.get(f"{V1}/overview").json()["generated_at"] == first["generated_at"]  # shared
+            deadline = time.monotonic() + 10
+            while True:
+                now = c.get(f"{V1}/overview").json()  # after 0.5 s: stale once, then refreshed
+                if now["totals"]["total"] == first["totals"]["total"] + 1:
+                    break
+                assert time.monotonic() < deadline, "the overview was never refreshed"
+                time.sleep(0.2)
+            admin.delete(f"{V1}/devices/ov-new-1")
+
+
+def test_citysense_api_command_serves_and_stops_on_sigterm(api: Api) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    port = _free_port()
+    env = {"CITYSENSE_DATABASE_URL": api.db_url, "CITYSENSE_API_PORT": str(port),
+           "CITYSENSE_API_LIVE": "false", "PATH": "/usr/bin:/bin", "CITYSENSE_STATE_DIR": "/nonexistent"}
+    proc = subprocess.Popen([sys.executable, "-m", "citysense", "api"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "citysense api did not start"
+                time.sleep(0.2)
+        assert ready.json() == {"status": "ok", "database": "ok", "kafka": "disabled"}
+        key = api.county.tokens["viewer"]
+        me = httpx.get(f"http://127.0.0.1:{port}/api/v1/me", headers={"X-API-Key": key}).json()
+        assert me["role"] == "viewer"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    # uvicorn drains, runs the lifespan's shutdown, then re-raises the signal it caught
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "Application shutdown complete" in out
+    assert key not in out and "csk_" not in out  # the key is never logged
+    assert api.db_url not in out  # nor the database URL

@@ -7,6 +7,7 @@ acknowledged by a click, the language switches, and a screenshot is saved and ch
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import struct
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from brokers.mqtt import MqttClient, MqttConfig
+from citysense.credentials import device_password
 from citysense.settings import CommonSettings
-from simulators.fleet import Fleet
 from simulators.runner import interleaved_air_uplinks
 from tests.api.conftest import Api
 from tests.conftest import ServiceEnv
@@ -70,21 +72,25 @@ async def test_dashboard_live_in_chromium(api: Api, service_env: ServiceEnv, tmp
             online_before = int(await page.inner_text("#t-online"))
             assert int(await page.inner_text("#t-alerts")) == 4
 
-            fleet = Fleet(service_env.mqtt_url, service_env.device_secret, NEW)
-            await fleet.start()
+            # Each device logs in as itself, its id also its MQTT client id (a broker may insist on it).
+            devices = {d: MqttClient(MqttConfig(url=service_env.mqtt_url, username=d, client_id=d,
+                                                password=device_password(service_env.device_secret, d)))
+                       for d in NEW}
+            await asyncio.gather(*(c.start() for c in devices.values()))
             try:
                 async with running_pipeline(pipeline_settings, bridge_user=service_env.bridge_username,
                                             bridge_password=service_env.bridge_password,
                                             database_url=api.db_url, share_group=f"test-{unique}"):
                     minute = 60 * 10**9
                     start = (time.time_ns() // minute - 3) * minute
-                    stats = await fleet.publish_all(list(interleaved_air_uplinks(NEW, 3, 7, start)), qos=1)
-                    assert stats.errors == 0 and stats.acked == 15
+                    await asyncio.gather(*(devices[u.device_id].publish(u.topic, u.payload, 1)
+                                           for u in interleaved_air_uplinks(NEW, 3, 7, start)))
                     await page.wait_for_function(
-                        f"Number(document.getElementById('t-online').textContent) >= {online_before + len(NEW)}",
+                        "Number(document.getElementById('t-online').textContent) >= "
+                        f"{online_before + len(NEW)}",
                         timeout=60_000)
             finally:
-                await fleet.stop()
+                await asyncio.gather(*(c.stop() for c in devices.values()))
 
             row = page.locator(f"tr[data-alert='{first_alert}']")
             await row.locator("button.ack").click()

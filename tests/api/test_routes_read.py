@@ -55,7 +55,8 @@ def test_device_list_filters_and_cursor(api: Api) -> None:
         assert q and all(d["device_id"].startswith("brg-0") and d["district"] == "渠江片区" for d in q)
         site = c.get(f"{V1}/devices", params={"site": "site-brg-01"}).json()["items"]
         assert [d["device_id"] for d in site] == ["brg-01"]
-        assert c.get(f"{V1}/devices", params={"township": "nowhere"}).json() == {"items": [], "next_cursor": None}
+        nowhere = c.get(f"{V1}/devices", params={"township": "nowhere"}).json()
+        assert nowhere == {"items": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize("params", [
@@ -75,8 +76,8 @@ def test_device_detail_latest_health_alerts(api: Api) -> None:
         assert d["device"]["status"] == "online" and d["device"]["site_id"] == "site-brg-01"
         assert {v["metric"] for v in d["latest"]} == {"crack_width_mm", "deflection_mm", "strain_ue"}
         assert {a["grade_name"] for a in d["open_alerts"]} == {"red", "orange"}
-        air = c.get(f"{V1}/devices/air-001").json() if c.get(f"{V1}/devices/air-001").status_code == 200 else None
-        assert air is None or air["health"]["battery_v"] == pytest.approx(3.55)
+        air = c.get(f"{V1}/devices/air-0000").json()
+        assert air["health"]["battery_v"] == pytest.approx(3.55) and air["health"]["rsrp_dbm"] == -95
         never = c.get(f"{V1}/devices/{api.county.never_seen}").json()
         assert never["device"]["status"] == "offline" and never["latest"] == [] and never["health"] is None
         one = c.get(f"{V1}/devices/brg-01/latest").json()
@@ -90,8 +91,14 @@ def test_latest_many(api: Api) -> None:
         page = c.get(f"{V1}/latest", params={"kind": "bridge", "limit": 10}).json()
         assert len(page["items"]) == 10 and page["next_cursor"]
         assert all(len(i["values"]) == 3 for i in page["items"])
-        nxt = c.get(f"{V1}/latest", params={"kind": "bridge", "limit": 10, "cursor": page["next_cursor"]}).json()
+        params = {"kind": "bridge", "limit": 10, "cursor": page["next_cursor"]}
+        nxt = c.get(f"{V1}/latest", params=params).json()
         assert nxt["items"][0]["device_id"] > page["items"][-1]["device_id"]
+        ids = [("device", "brg-02"), ("device", "brg-01"), ("device", "nope")]
+        some = c.get(f"{V1}/latest", params=ids).json()
+        assert [i["device_id"] for i in some["items"]] == ["brg-01", "brg-02"]
+        too_many = [("device", f"d{i}") for i in range(101)]
+        assert c.get(f"{V1}/latest", params=too_many).status_code == 422
 
 
 def test_series_raw_and_rollup(api: Api) -> None:
@@ -108,6 +115,14 @@ def test_series_raw_and_rollup(api: Api) -> None:
         total = c.get(f"{V1}/devices/brg-01/series", params={
             **base, "from": (now - timedelta(hours=3)).isoformat(), "bucket": "PT10M", "agg": "sum"}).json()
         assert total["source"] == "readings_1m"
+        hourly_sum = c.get(f"{V1}/devices/brg-01/series", params={
+            **base, "from": (now - timedelta(hours=3)).isoformat(), "bucket": "PT1H", "agg": "sum"}).json()
+        assert sum(total["v"]) == pytest.approx(sum(hourly_sum["v"])) and sum(total["v"]) > 0
+        half_hour = {**base, "from": (now - timedelta(minutes=30)).isoformat(), "bucket": "PT30M"}
+        raw = {agg: c.get(f"{V1}/devices/brg-01/series", params={**half_hour, "agg": agg}).json()["v"]
+               for agg in ("sum", "avg", "count")}
+        weighted = sum(a * n for a, n in zip(raw["avg"], raw["count"], strict=True))
+        assert sum(raw["sum"]) == pytest.approx(weighted)
         for agg in ("avg", "min", "max", "last"):
             r = c.get(f"{V1}/devices/brg-01/series", params={**base, "bucket": "PT5M", "agg": agg})
             assert r.status_code == 200 and r.json()["agg"] == agg
@@ -116,9 +131,11 @@ def test_series_raw_and_rollup(api: Api) -> None:
 
 
 @pytest.mark.parametrize(("params", "says"), [
-    ({"metric": "m", "bucket": "1", "from": "2030-01-01T00:00:00Z", "to": "2030-01-02T00:00:00Z"}, "at most 10000"),
+    ({"metric": "m", "bucket": "1", "from": "2030-01-01T00:00:00Z", "to": "2030-01-02T00:00:00Z"},
+     "at most 10000"),
     ({"metric": "m", "from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"}, "after from"),
-    ({"metric": "m", "from": "2020-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z", "bucket": "P30D"}, "at most"),
+    ({"metric": "m", "from": "2020-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z", "bucket": "P30D"},
+     "at most"),
     ({"metric": "m", "bucket": "0.5"}, "at least 1 second"),
     ({"metric": "m", "from": "2030-01-01T00:00:00"}, "timezone"),
     ({"metric": "m", "agg": "median"}, "avg"),

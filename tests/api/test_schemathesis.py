@@ -34,3 +34,4 @@ def test_no_5xx_and_responses_match_the_schema(api: Api) -> None:
     tail = result.stdout[-12000:]
     assert result.returncode == 0, f"schemathesis found problems:\n{tail}\n{result.stderr[-2000:]}"
     assert "passed" in result.stdout.lower()
+    print(tail[-3000:])  # the summary: operations and cases tested (shown with -s or -rA)

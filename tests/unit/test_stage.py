@@ -186,3 +186,29 @@ async def test_a_checkpoint_that_fails_for_good_stops_the_stage_uncommitted() ->
     with pytest.raises(StorageRejectedError):
         await asyncio.wait_for(stage.run(), 10)
     assert bus.committed("g") == {}
+
+
+async def test_records_fetched_before_a_revocation_wait_for_the_next_assignment() -> None:
+    """The consumer's assignment() can still list a revoked partition; its records fetched
+    before the rebalance belong to the new owner and must not be handled here."""
+    bus = await _bus_with(4, partitions=1)
+    handled: list[int] = []
+    loaded: list[int] = []
+
+    async def handler(batches: Mapping[TopicPartition, Sequence[Message]]) -> None:
+        handled.append(sum(len(m) for m in batches.values()))
+
+    async def on_assigned(tps: frozenset[TopicPartition]) -> None:
+        loaded.append(len(handled))  # the owner's state is in before any record flows
+
+    stage = ConsumerStage(bus, ["in"], "g", handler, on_assigned=on_assigned)
+    await stage.consumer.start()
+    tp = TopicPartition("in", 0)
+    batches = await stage.consumer.getmany(100, 10)
+    await stage._on_revoked(frozenset({tp}))
+    await stage._handle(batches)
+    assert handled == []
+    await stage._on_assigned(frozenset({tp}))
+    await stage._handle(batches)
+    assert handled == [4] and loaded == [0, 0]
+    await stage.consumer.stop()
