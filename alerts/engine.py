@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 
 import msgspec
-from aiokafka.errors import KafkaError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from alerts.directory import ActiveSilence, DeviceInfo, guess, partition_of, registered, selects
@@ -31,7 +30,7 @@ from alerts.evaluate import evaluate_batch
 from alerts.lifecycle import NS, Compiled, Op
 from alerts.metrics import AlertMetrics
 from alerts.notify import device_time
-from alerts.publisher import publish_pending
+from alerts.publisher import Publisher
 from alerts.recorder import Recorder
 from alerts.repeats import Repeats
 from alerts.rules import Silence
@@ -41,7 +40,6 @@ from alerts.silence import DeadlineHeap, due, schedule
 from alerts.state import DeviceState, decode_state, encode_state
 from brokers.base import Bus, Producer, TopicPartition
 from brokers.stage import Batches, ConsumerStage
-from citysense.exceptions import CitysenseError
 from citysense.metrics import Metrics
 from citysense.records import decode_batch
 from storage import alert_rules_store
@@ -84,7 +82,7 @@ class AlertEngine:
                                  incident_window_s=settings.alerts_incident_window_s,
                                  group_wait_s=group_wait_s)
         self._stopping = asyncio.Event()
-        self._publish_lock = asyncio.Lock()
+        self._publisher = Publisher(pool, self._producer, settings.topic_alerts, self.metrics)
 
     # ---- directory ---------------------------------------------------------------------------
     def info(self, device_id: str) -> DeviceInfo:
@@ -129,13 +127,24 @@ class AlertEngine:
     async def _on_assigned(self, tps: frozenset[TopicPartition]) -> None:
         partitions = {tp.partition for tp in tps}
         async with self._lock:  # no batch of these partitions is evaluated before their state is in
-            async with self._pool.connection() as conn:
-                rows = await q.load_states(conn, sorted(partitions))
+            rows = await self._load_states(sorted(partitions))
             for device_id, blob in rows:
                 if device_id not in self.devices:
                     self.devices[device_id] = decode_state(blob)
             self._watch(set(self.devices), partitions)
         log.info("alerts: partitions %s assigned, %d device states loaded", sorted(partitions), len(rows))
+
+    async def _load_states(self, partitions: list[int]) -> list[tuple[str, bytes]]:
+        """Retried until it succeeds: evaluating without the saved state would repeat transitions."""
+        delay = 0.5
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    return await q.load_states(conn, partitions)
+            except (*TRANSIENT, PoolTimeout) as exc:
+                log.warning("loading alert state of partitions %s failed, retrying: %s", partitions, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _on_revoked(self, tps: frozenset[TopicPartition]) -> None:
         gone = {tp.partition for tp in tps}
@@ -241,13 +250,7 @@ class AlertEngine:
         await self.publish()
 
     async def publish(self) -> None:
-        """Committed transitions to the alerts topic; a failure leaves them for the next try."""
-        async with self._publish_lock:
-            try:
-                self.metrics.published.inc(
-                    await publish_pending(self._pool, self._producer, self._settings.topic_alerts))
-            except (CitysenseError, KafkaError, *TRANSIENT, PoolTimeout) as exc:
-                log.warning("publishing transitions failed (they stay unpublished, retried): %s", exc)
+        await self._publisher.publish()
 
     # ---- run ---------------------------------------------------------------------------------
     def request_stop(self) -> None:

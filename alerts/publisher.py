@@ -8,15 +8,23 @@ consumers dedupe on ``(alert_id, seq)``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import datetime
 from typing import Any
 
 import msgspec
-from psycopg_pool import AsyncConnectionPool
+from aiokafka.errors import KafkaError
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from alerts.metrics import AlertMetrics
 from alerts.rules import GRADE_LABEL, Grade
 from brokers.base import Producer
+from citysense.exceptions import CitysenseError
 from storage import alerts_engine_sql as q
+from storage.db import TRANSIENT
+
+log = logging.getLogger(__name__)
 
 
 def _default(obj: Any) -> Any:
@@ -46,3 +54,19 @@ async def publish_pending(pool: AsyncConnectionPool, producer: Producer, topic: 
             published += len(rows)
         if len(rows) < limit:
             return published
+
+
+class Publisher:
+    """One publisher per engine: runs one at a time; a failure leaves the rows for the next try."""
+
+    def __init__(self, pool: AsyncConnectionPool, producer: Producer, topic: str,
+                 metrics: AlertMetrics) -> None:
+        self._pool, self._producer, self._topic, self._metrics = pool, producer, topic, metrics
+        self._lock = asyncio.Lock()
+
+    async def publish(self) -> None:
+        async with self._lock:
+            try:
+                self._metrics.published.inc(await publish_pending(self._pool, self._producer, self._topic))
+            except (CitysenseError, KafkaError, *TRANSIENT, PoolTimeout) as exc:
+                log.warning("publishing transitions failed (they stay unpublished, retried): %s", exc)

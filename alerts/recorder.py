@@ -83,7 +83,10 @@ class Recorder:
                 op.rs.alert_id = 0
                 return 0
             # resolved by hand while the condition holds: a new alert carries on (not a silent gap)
-            out = await q.record_transition(conn, replace(tin, alert_id=0, from_state="resolved"))
+            action = "fired" if op.to_state == "firing" else op.action
+            out = await q.record_transition(conn, replace(
+                tin, alert_id=0, from_state="resolved", action=action,
+                reason="reopened: the condition still holds after a hand-resolve"))
         op.rs.alert_id = 0 if op.to_state == "resolved" else out.alert_id
         notify = (op.notify or op.flapping) and suppressed is None
         rows = await self._notifications(conn, op, out, d, notify)

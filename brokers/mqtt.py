@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from brokers.exceptions import BrokerError, BrokerUnavailableError, NotStartedError
+
+log = logging.getLogger(__name__)
+
+# Called from paho's thread on every connection change: (event, reason code, reason name),
+# event one of "connected", "refused", "disconnected".
+ConnectionListener = Callable[[str, int, str], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,13 +50,22 @@ class MqttConfig:
     keepalive_s: int = 30
     max_inflight: int = 1000
     max_unacked_inbound: int = 5000
+    # mqtts:// : the CA that signed the broker's certificate (None: the system's CAs), and an
+    # optional client certificate + key.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme in ("mqtts", "ssl")
 
     @property
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise BrokerError(f"unsupported MQTT URL scheme in {self.url!r} (use mqtt://host:port)")
-        return parts.hostname or "127.0.0.1", parts.port or 1883
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise BrokerError(f"unsupported MQTT URL scheme in {self.url!r} (use mqtt:// or mqtts://host:port)")
+        return parts.hostname or "127.0.0.1", parts.port or (8883 if self.tls else 1883)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +80,13 @@ class InboundMessage:
 class MqttClient:
     """One MQTT 5 connection, usable from asyncio."""
 
-    def __init__(self, config: MqttConfig, *, manual_ack: bool = False) -> None:
+    def __init__(
+        self, config: MqttConfig, *, manual_ack: bool = False,
+        on_connection: ConnectionListener | None = None,
+    ) -> None:
         self.config = config
         self._manual_ack = manual_ack
+        self._on_connection = on_connection
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected: asyncio.Future[None] | None = None
@@ -82,6 +102,9 @@ class MqttClient:
         self._subacks: dict[int, asyncio.Future[None]] = {}
         self.disconnects = 0
 
+    def set_connection_listener(self, listener: ConnectionListener | None) -> None:
+        self._on_connection = listener
+
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
         if self._client is not None:
@@ -95,6 +118,9 @@ class MqttClient:
         )
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password)
+        if self.config.tls:  # verifies the broker's certificate and host name
+            client.tls_set(ca_certs=self.config.ca_file, certfile=self.config.cert_file,
+                           keyfile=self.config.key_file)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -147,8 +173,26 @@ class MqttClient:
         client.loop_stop()
 
     # -- paho thread callbacks (never touch asyncio objects directly) --------
+    def _describe(self) -> str:
+        host, port = self.config.host_port
+        return f"{host}:{port} as {self.config.username} (client id {self.config.client_id})"
+
+    def _report(self, event: str, reason: Any) -> None:
+        if self._on_connection is not None:
+            self._on_connection(event, int(getattr(reason, "value", reason) or 0), str(reason))
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         assert self._loop is not None
+        # Every change is logged with the broker's reason: a bridge that loses its connection (or
+        # its session, to a client that took its id) must say so.
+        code = int(getattr(reason, "value", 0))
+        if reason.is_failure:
+            log.warning("MQTT connect to %s refused: %s (reason code %#x)", self._describe(), reason, code)
+            self._report("refused", reason)
+        else:
+            log.info("MQTT connected to %s (session present: %s)", self._describe(),
+                     bool(getattr(flags, "session_present", False)))
+            self._report("connected", reason)
         if not reason.is_failure and self._subscriptions:
             client.subscribe(list(self._subscriptions))  # again after a reconnect
         self._loop.call_soon_threadsafe(self._connect_result, reason.is_failure, str(reason))
@@ -164,6 +208,13 @@ class MqttClient:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.disconnects += 1
+        code = int(getattr(reason, "value", 0))
+        if self._closing:
+            log.info("MQTT disconnected from %s (stopping)", self._describe())
+        else:
+            log.warning("MQTT connection to %s lost: %s (reason code %#x); reconnecting",
+                        self._describe(), reason, code)
+        self._report("disconnected", reason)
         if self._loop is not None and not self._closing:
             self._loop.call_soon_threadsafe(self._connect_result, True, str(reason))
 

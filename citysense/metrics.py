@@ -7,7 +7,7 @@ fixed and small: stage names, outcomes and reason codes, never device ids.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -29,6 +29,28 @@ class Metrics:
         )
         self.retries = Counter(
             f"{prefix}_retries", "Retriable failures retried, by stage", ["stage"], registry=r
+        )
+        # Logging (citysense/logs.py): every WARNING-or-worse line, and those dropped as repeats.
+        self.log_messages = Counter(
+            f"{prefix}_log_messages", "WARNING-or-worse log records, by level and logger",
+            ["level", "logger"], registry=r,
+        )
+        self.log_suppressed = Counter(
+            f"{prefix}_log_suppressed", "Repeated log records dropped by the rate limit, by level and logger",
+            ["level", "logger"], registry=r,
+        )
+        # MQTT connection of a stage (the bridge): every change, with the broker's reason.
+        self.mqtt_connection_changes = Counter(
+            f"{prefix}_mqtt_connection_changes", "MQTT connects and disconnects, by stage, event and reason",
+            ["stage", "event", "reason"], registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            f"{prefix}_mqtt_connected", "1 while the stage's MQTT connection is up", ["stage"], registry=r,
+        )
+        # The bridge's canary through its shared subscription (ingest/canary.py).
+        self.bridge_canaries = Counter(
+            f"{prefix}_bridge_canaries", "Bridge canaries by outcome (sent, returned, lost, unsent, echoed)",
+            ["outcome"], registry=r,
         )
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:

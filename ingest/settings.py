@@ -20,6 +20,9 @@ class BridgeSettings(CommonSettings):
     bridge_session_expiry_s: int = Field(default=3600, ge=0)
     bridge_max_batch: int = Field(default=2000, ge=1)
     bridge_max_unacked: int = Field(default=5000, ge=1)
+    # Canary through the shared subscription (ingest/canary.py); 0 turns it off.
+    bridge_canary_interval_s: float = Field(default=5.0, ge=0)
+    bridge_canary_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class NormaliserSettings(CommonSettings):

@@ -65,7 +65,7 @@ async def bench(a: argparse.Namespace) -> dict[str, object]:
     assert isinstance(scenario, ScaleScenario)
     password = settings.mqtt_loadgen_password
     if password is None:
-        raise SystemExit("CITYSENSE_MQTT_BRIDGE_PASSWORD (loadgen password) is not set")
+        raise SystemExit("CITYSENSE_MQTT_LOADGEN_PASSWORD is not set")
     duration = min(a.duration, 60.0)
     limit = a.max_messages or int(a.rate * duration)
     topic_root = None if a.pipeline_topics else f"devices/bench-{os.getpid()}"
@@ -86,7 +86,10 @@ async def bench(a: argparse.Namespace) -> dict[str, object]:
     sub = None
     if a.verify:
         root = topic_root or "devices"
-        env = {**os.environ, "CITYSENSE_MQTT_BRIDGE_PASSWORD": password.get_secret_value(),
+        bridge_password = settings.mqtt_bridge_password
+        if bridge_password is None:
+            raise SystemExit("--verify needs CITYSENSE_MQTT_BRIDGE_PASSWORD (its subscriber is the bridge)")
+        env = {**os.environ, "CITYSENSE_MQTT_BRIDGE_PASSWORD": bridge_password.get_secret_value(),
                "PYTHONPATH": str(ROOT)}
         sub = await asyncio.create_subprocess_exec(
             sys.executable, str(ROOT / "loadtests/sim_subscriber.py"), f"{root}/#", str(a.qos), "3",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -27,11 +26,11 @@ class FleetStats:
 
 class Fleet:
     def __init__(self, mqtt_url: str, device_secret: str, device_ids: Sequence[str]) -> None:
-        # A per-run suffix: two fleets of the same devices must not take over each other's sessions.
-        run = uuid.uuid4().hex[:6]
+        # The broker binds a device's client id to its id (deploy/local/README.md), so two fleets
+        # of the same devices take over each other's connections: run one at a time.
         self._clients = {
             d: MqttClient(MqttConfig(url=mqtt_url, username=d, password=device_password(device_secret, d),
-                                     client_id=f"sim-{d}-{run}"))
+                                     client_id=d))
             for d in device_ids
         }
         self.stats = FleetStats()

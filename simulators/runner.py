@@ -65,7 +65,7 @@ async def run_air_fleet(
 def loadgen_pool(settings: SimulatorSettings, connections: int | None = None) -> MqttPool:
     if not settings.mqtt_url or settings.mqtt_loadgen_password is None:
         raise ConfigurationError(
-            "CITYSENSE_MQTT_URL and CITYSENSE_MQTT_LOADGEN_PASSWORD (or ..._BRIDGE_PASSWORD) must be set")
+            "CITYSENSE_MQTT_URL and CITYSENSE_MQTT_LOADGEN_PASSWORD must be set")
     parts = urlsplit(settings.mqtt_url)
     return MqttPool(
         parts.hostname or "127.0.0.1", parts.port or 1883, username=settings.mqtt_loadgen_username,

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from citysense.settings import CommonSettings
 
 
 class SimulatorSettings(CommonSettings):
     device_secret: SecretStr | None = None
-    # Load generator's pooled connections (the ACL lets this user write devices/#).
-    # Locally it shares the bridge's password (deploy/local/mqtt_passwd.py).
+    # Load generator's pooled connections (the ACL lets this user write devices/+/+/up and
+    # devices/+/+/+/up, and subscribe to nothing). Its own secret, never the bridge's.
     mqtt_loadgen_username: str = "citysense-loadgen"
-    mqtt_loadgen_password: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("CITYSENSE_MQTT_LOADGEN_PASSWORD", "CITYSENSE_MQTT_BRIDGE_PASSWORD"),
-    )
+    mqtt_loadgen_password: SecretStr | None = None
     # Used only by the benchmark's loss check (a subscriber that may read devices/#).
     mqtt_bridge_username: str = "citysense-bridge"
     mqtt_bridge_password: SecretStr | None = None

@@ -14,6 +14,7 @@ import typer
 
 from alerts.cli import alerts_app, rules_app
 from api.cli import api_command, apikey_app
+from citysense.logs import install as install_log_rate_limit
 from citysense.settings import PROJECT_ROOT, CommonSettings, load_settings
 from ingest.dlq.cli import dlq_app
 
@@ -42,6 +43,7 @@ def _logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    install_log_rate_limit()  # a Kafka outage must not log thousands of lines a second
 
 
 def _services(verb: str, names: list[str] | None) -> None:
@@ -236,11 +238,11 @@ def scenario_export(
 
 @scenario_app.command("ids")
 def scenario_ids(name: Annotated[str, typer.Argument()] = "county") -> None:
-    """Print the scenario's device ids, one a line (for mqtt_passwd.py --devices-file)."""
+    """Print the scenario's devices, '<kind> <id>' a line (the broker's devices.txt format)."""
     from simulators.scenario_registry import export_scenario
 
     for device in export_scenario(name, None)["devices"]:
-        typer.echo(device["device_id"])
+        typer.echo(f"{device['kind']} {device['device_id']}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from brokers.base import TopicSpec
 from brokers.kafka import KafkaBus, kafka_config
 from brokers.mqtt import MqttClient, MqttConfig
 from citysense.exceptions import ConfigurationError
+from citysense.logs import attach_metrics as attach_log_metrics
 from citysense.metrics import Metrics
 from citysense.settings import CommonSettings
 from ingest.bridge import Bridge
@@ -67,6 +68,7 @@ async def migrate_db(settings: CommonSettings) -> list[int]:
 def metrics_for(settings: CommonSettings) -> Metrics:
     """The process's metrics; served on ``CITYSENSE_METRICS_PORT`` when it is set."""
     metrics = Metrics()
+    attach_log_metrics(metrics)  # counts of logged and rate-limited warnings
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
@@ -92,7 +94,9 @@ def build_bridge(settings: BridgeSettings, metrics: Metrics | None = None) -> Br
     )
     producer = KafkaBus(kafka_config(settings, "citysense-bridge")).producer()
     return Bridge(mqtt, producer, settings.topic_raw, share_group=settings.bridge_share_group,
-                  max_batch=settings.bridge_max_batch, metrics=metrics, dlq_topic=settings.topic_dlq)
+                  max_batch=settings.bridge_max_batch, metrics=metrics, dlq_topic=settings.topic_dlq,
+                  canary_interval_s=settings.bridge_canary_interval_s,
+                  canary_timeout_s=settings.bridge_canary_timeout_s)
 
 
 async def run_bridge(settings: BridgeSettings) -> None:

@@ -13,6 +13,10 @@ LOGS="$STATE/logs"
 
 PG_PORT="${CITYSENSE_PG_PORT:-55432}"
 MQTT_PORT="${CITYSENSE_MQTT_PORT:-18830}"
+# Devices' TLS listener; by default 3 above the plain port, so several local sets never collide.
+MQTT_TLS_PORT="${CITYSENSE_MQTT_TLS_PORT:-$((MQTT_PORT + 3))}"
+# Devices' TLS listener that logs them in by client certificate (CN = device id).
+MQTT_TLS_CERT_PORT="${CITYSENSE_MQTT_TLS_CERT_PORT:-$((MQTT_PORT + 4))}"
 KAFKA_PORT="${CITYSENSE_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${CITYSENSE_KAFKA_CONTROLLER_PORT:-19093}"
 
@@ -136,13 +140,13 @@ _gen_hex() {
   fi
 }
 
-# Resolve the three secrets: env var of the same name wins, then the value
+# Resolve the secrets: env var of the same name wins, then the value
 # persisted in $SECRETS_FILE, else a fresh random one. The effective values
 # are (re)written to $SECRETS_FILE so later runs reuse them.
 load_secrets() {
   local name cur file_val changed=0
   ensure_dirs "$STATE"
-  for name in CITYSENSE_DB_PASSWORD CITYSENSE_MQTT_BRIDGE_PASSWORD CITYSENSE_DEVICE_SECRET; do
+  for name in CITYSENSE_DB_PASSWORD CITYSENSE_MQTT_BRIDGE_PASSWORD CITYSENSE_MQTT_LOADGEN_PASSWORD CITYSENSE_DEVICE_SECRET; do
     cur="${!name:-}"
     file_val=""
     if [ -r "$SECRETS_FILE" ]; then
@@ -163,6 +167,7 @@ load_secrets() {
     _write_private "$SECRETS_FILE" <<EOF
 CITYSENSE_DB_PASSWORD=$CITYSENSE_DB_PASSWORD
 CITYSENSE_MQTT_BRIDGE_PASSWORD=$CITYSENSE_MQTT_BRIDGE_PASSWORD
+CITYSENSE_MQTT_LOADGEN_PASSWORD=$CITYSENSE_MQTT_LOADGEN_PASSWORD
 CITYSENSE_DEVICE_SECRET=$CITYSENSE_DEVICE_SECRET
 EOF
   fi
@@ -193,8 +198,13 @@ write_env_file() {
   new="CITYSENSE_DATABASE_URL=postgresql://citysense:$pw@127.0.0.1:$PG_PORT/citysense
 CITYSENSE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 CITYSENSE_MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
+CITYSENSE_MQTT_TLS_URL=mqtts://127.0.0.1:$MQTT_TLS_PORT
+CITYSENSE_MQTT_TLS_CERT_URL=mqtts://127.0.0.1:$MQTT_TLS_CERT_PORT
+CITYSENSE_MQTT_CA_FILE=$STATE/mosquitto/tls/ca.crt
 CITYSENSE_MQTT_BRIDGE_USERNAME=citysense-bridge
 CITYSENSE_MQTT_BRIDGE_PASSWORD=$CITYSENSE_MQTT_BRIDGE_PASSWORD
+CITYSENSE_MQTT_LOADGEN_USERNAME=citysense-loadgen
+CITYSENSE_MQTT_LOADGEN_PASSWORD=$CITYSENSE_MQTT_LOADGEN_PASSWORD
 CITYSENSE_DEVICE_SECRET=$CITYSENSE_DEVICE_SECRET"
   # Skip the rewrite when nothing changed (keeps the fast path fast and the
   # file's mtime stable for anything watching it).

@@ -1,17 +1,25 @@
 #!/usr/bin/env python3
-"""Write a mosquitto 2.0 password file (stdlib only).
+"""Write mosquitto 2.0's password file, ACL file and dynamic-security config (stdlib only).
 
-Format (same as `mosquitto_passwd`): ``user:$7$101$<salt b64>$<hash b64>``
+Password file format (same as `mosquitto_passwd`): ``user:$7$101$<salt b64>$<hash b64>``
 where $7 = PBKDF2-HMAC-SHA512, 101 iterations, 12-byte salt, 64-byte key.
 
 Entries:
-  citysense-bridge, citysense-loadgen   password CITYSENSE_MQTT_BRIDGE_PASSWORD
+  citysense-bridge    password CITYSENSE_MQTT_BRIDGE_PASSWORD
+  citysense-loadgen   password CITYSENSE_MQTT_LOADGEN_PASSWORD
   air-0000 .. air-0099 (+ --devices-file) password device_password(id)
+
+The dynamic-security config (--dynsec-out) binds each device to ONE topic,
+devices/<kind>/<id>/up (kind from the devices file, else from the id's prefix),
+checks SUBSCRIBE (which `acl_file` never does) and binds each device's client id
+to its id. The ACL file (--acl-out) has the service accounts' rights. See
+deploy/local/README.md.
 
 Secrets come from the environment, else from $STATE/secrets.env
 (STATE = $CITYSENSE_STATE_DIR or <project root>/.state). They are never
-accepted on the command line. After rewriting the live file, run
-`deploy/local/mosquitto.sh reload` so the broker re-reads it.
+accepted on the command line. `deploy/local/mosquitto.sh up` and `reload` run this
+script themselves (with $STATE/mosquitto/devices.txt); `reload` restarts the broker,
+because SIGHUP does not reload the dynamic-security plugin's client list.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sys
@@ -29,9 +38,25 @@ from pathlib import Path
 ITERATIONS = 101
 SALT_LEN = 12
 DKLEN = 64
-SERVICE_USERS = ("citysense-bridge", "citysense-loadgen")
+# The broker's rights live in citysense/broker_auth.py (stdlib only, shared with anything else
+# that configures a Mosquitto for citysense); this script may run outside the venv.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from citysense.broker_auth import (  # noqa: E402
+    BRIDGE_USER,
+    KIND_BY_PREFIX,
+    LOADGEN_USER,
+    acl_text,
+    dynsec_config,
+    kind_of,
+)
+
+SERVICE_USERS = {
+    BRIDGE_USER: "CITYSENSE_MQTT_BRIDGE_PASSWORD",
+    LOADGEN_USER: "CITYSENSE_MQTT_LOADGEN_PASSWORD",
+}
 DEFAULT_DEVICES = [f"air-{i:04d}" for i in range(100)]
-SECRET_NAMES = ("CITYSENSE_MQTT_BRIDGE_PASSWORD", "CITYSENSE_DEVICE_SECRET")
+SECRET_NAMES = (*SERVICE_USERS.values(), "CITYSENSE_DEVICE_SECRET")
+
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -68,18 +93,23 @@ def load_secrets() -> dict[str, str]:
     return found
 
 
-def read_devices(path: str | None) -> list[str]:
-    devices = list(DEFAULT_DEVICES)
+def read_devices(path: str | None) -> dict[str, str]:
+    """device id -> kind. A devices-file line is ``<id>`` or ``<kind> <id>``."""
+    devices = {d: "air" for d in DEFAULT_DEVICES}
     if path:
         for line in Path(path).read_text().splitlines():
-            dev = line.strip()
-            if not dev or dev.startswith("#"):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
                 continue
-            # ':' separates user from hash; '+', '#', '/' would break the ACL pattern.
-            if any(c in dev for c in ":+#/") or any(c.isspace() for c in dev):
-                sys.exit(f"error: invalid device id {dev!r} in {path}")
-            if dev not in devices:
-                devices.append(dev)
+            dev = fields[-1]
+            kind = fields[0] if len(fields) == 2 else kind_of(dev)
+            # ':' separates user from hash; '+', '#', '/' would break the ACL and topics.
+            if len(fields) > 2 or any(c in dev for c in ":+#/") or not kind or any(c in kind for c in "+#/"):
+                sys.exit(f"error: invalid device line {line!r} in {path} (want '<id>' or '<kind> <id>';"
+                         f" a bare id needs one of the prefixes {', '.join(KIND_BY_PREFIX)})")
+            if dev.startswith("citysense-"):
+                sys.exit(f"error: device id {dev!r} in {path}: ids starting 'citysense-' are reserved")
+            devices.setdefault(dev, kind)
     return devices
 
 
@@ -105,15 +135,22 @@ def write_atomic(out: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="password file to write")
-    ap.add_argument("--devices-file", help="extra device ids, one per line")
+    ap.add_argument("--acl-out", help="ACL file to write")
+    ap.add_argument("--dynsec-out", help="dynamic-security JSON config to write")
+    ap.add_argument("--devices-file", help="extra devices, one per line: '<id>' or '<kind> <id>'")
     args = ap.parse_args(argv)
 
     sec = load_secrets()
-    lines = [f"{user}:{hash_password(sec['CITYSENSE_MQTT_BRIDGE_PASSWORD'])}" for user in SERVICE_USERS]
-    for dev in read_devices(args.devices_file):
+    devices = read_devices(args.devices_file)
+    lines = [f"{user}:{hash_password(sec[name])}" for user, name in SERVICE_USERS.items()]
+    for dev in devices:
         pw = device_password(sec["CITYSENSE_DEVICE_SECRET"], dev)
         lines.append(f"{dev}:{hash_password(pw)}")
     write_atomic(Path(args.out), "\n".join(lines) + "\n")
+    if args.acl_out:
+        write_atomic(Path(args.acl_out), acl_text())
+    if args.dynsec_out:
+        write_atomic(Path(args.dynsec_out), json.dumps(dynsec_config(devices), separators=(",", ":")))
     return 0
 
 

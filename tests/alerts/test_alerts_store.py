@@ -70,3 +70,19 @@ async def test_rules_apply_bumps_version_and_replaces_a_source(database: str) ->
         assert [s.silence_id for s in await rules.list_silences(conn, active_at=now)] == [sid]
         assert await rules.expire_silence(conn, sid)
         assert await rules.list_silences(conn) == []
+
+
+async def test_acknowledging_an_incident_acknowledges_its_members(database: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        members = [await _open_alert(conn, "r1", f"d{i}") for i in range(3)]
+        cur = await conn.execute(
+            """INSERT INTO alert_incidents (site_id, grade, first_seen, last_seen, member_count)
+               VALUES ('s1', 3, now(), now(), 3) RETURNING incident_id""")
+        row = await cur.fetchone()
+        assert row
+        await conn.execute("UPDATE alerts SET incident_id = %s", (row[0],))
+        incident = await store.acknowledge_incident(conn, row[0], "alice")
+        assert incident.acknowledged and incident.acknowledged_by == "alice"
+        acked = await store.list_alerts(conn, incident_id=row[0], acknowledged=True)
+        assert sorted(a.alert_id for a in acked) == sorted(members)
+        assert [i.incident_id for i in await store.list_incidents(conn, state="open")] == [row[0]]

@@ -4,11 +4,13 @@ that comes back."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from brokers.kafka import KafkaBus
 from citysense.records import Health, Reading, RecordBatch
 from citysense.settings import CommonSettings
+from storage import alerts_store
 from tests.alerts.harness import NS, T0, Harness, alert_settings, register, setup, transitions
 
 pytestmark = pytest.mark.services
@@ -90,3 +92,27 @@ async def test_a_firing_alert_is_notified_again_every_repeat_interval(
         await h.advance(T0 + 13 * H)  # resolved: no more reminders
     got = [(a, (tn - T0) // H) for _, _, a, _, _, tn in await transitions(database)]
     assert got == [("fired", 0), ("repeated", 4), ("repeated", 8), ("resolved", 8)]
+
+
+async def test_a_hand_resolved_alert_whose_condition_holds_reopens_at_the_next_reminder(
+        pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
+    s = alert_settings(pipeline_settings, database)
+    await setup(kafka_bus, s, REPEAT)
+    async with Harness(kafka_bus, s) as h:
+        await h.send([RecordBatch("air-0001", T0, (Reading("air-0001", "temperature", T0, 45.0, T0),))])
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+            first = (await alerts_store.list_alerts(conn))[0].alert_id
+            await alerts_store.resolve(conn, first, "alice", "looks fine to me")
+        await h.advance(T0 + 4 * H)
+    got = [(a, act, reason) for a, _, act, _, _, _, reason in await history(database)]
+    assert got[:2] == [(first, "fired", ""), (first, "resolved_by_hand", "looks fine to me")]
+    assert got[2][1:] == ("fired", "reopened: the condition still holds after a hand-resolve")
+    assert got[2][0] != first
+
+
+async def history(database: str) -> list[tuple[int, str, str, int, float | None, int, str]]:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute("""SELECT t.alert_id, a.device_id, t.action, t.grade, t.value, 0, t.reason
+                                    FROM alert_transitions t JOIN alerts a USING (alert_id)
+                                    ORDER BY t.transition_id""")
+        return list(await cur.fetchall())

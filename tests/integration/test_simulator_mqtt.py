@@ -33,7 +33,7 @@ pytestmark = pytest.mark.services
 def _pool(env: ServiceEnv, size: int = 3) -> MqttPool:
     url = urlsplit(env.mqtt_url)
     return MqttPool(url.hostname or "127.0.0.1", url.port or 1883, username="citysense-loadgen",
-                    password=env.bridge_password, size=size)
+                    password=env.raw["CITYSENSE_MQTT_LOADGEN_PASSWORD"], size=size)
 
 
 async def _subscriber(env: ServiceEnv, topic_filter: str) -> MqttClient:
@@ -92,7 +92,8 @@ async def test_pool_delivers_county_uplinks_intact(service_env: ServiceEnv, uniq
 
 async def test_run_scenario_paces_and_reconnects(service_env: ServiceEnv, unique: str) -> None:
     settings = SimulatorSettings(
-        mqtt_url=service_env.mqtt_url, CITYSENSE_MQTT_LOADGEN_PASSWORD=service_env.bridge_password,
+        mqtt_url=service_env.mqtt_url,
+        mqtt_loadgen_password=service_env.raw["CITYSENSE_MQTT_LOADGEN_PASSWORD"],
         device_secret=service_env.device_secret,
     )
     root = f"devices/simtest-{unique}"

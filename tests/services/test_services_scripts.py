@@ -83,8 +83,13 @@ def test_env_file_written_private() -> None:
         "CITYSENSE_DATABASE_URL",
         "CITYSENSE_KAFKA_BOOTSTRAP",
         "CITYSENSE_MQTT_URL",
+        "CITYSENSE_MQTT_TLS_URL",
+        "CITYSENSE_MQTT_TLS_CERT_URL",
+        "CITYSENSE_MQTT_CA_FILE",
         "CITYSENSE_MQTT_BRIDGE_USERNAME",
         "CITYSENSE_MQTT_BRIDGE_PASSWORD",
+        "CITYSENSE_MQTT_LOADGEN_USERNAME",
+        "CITYSENSE_MQTT_LOADGEN_PASSWORD",
         "CITYSENSE_DEVICE_SECRET",
     }
     assert values["CITYSENSE_DATABASE_URL"].startswith("postgresql://citysense:")
