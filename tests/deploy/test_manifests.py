@@ -144,7 +144,6 @@ def test_manifests_validate_against_kubernetes_schemas() -> None:
 
 def test_keda_scales_every_consumer_stage_on_its_group_lag() -> None:
     from alerts.settings import AlertSettings
-
     from ingest.settings import NormaliserSettings
     from storage.settings import WriterSettings
 
