@@ -30,6 +30,9 @@ services-status: ## show whether each local service is up
 test: $(STAMP) services-up browser ## run every test against the real local services
 	$(BIN)/python -m pytest -rs
 
+test-faults: $(STAMP) services-up ## only the fault suite (restarts the local services; sequential)
+	$(BIN)/python -m pytest -rs tests/faults
+
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -51,7 +54,7 @@ api: $(STAMP) ## serve the query API and dashboard (citysense api)
 clean-state: services-down ## stop services and delete .state (all local data)
 	rm -rf .state
 
-.PHONY: help install services-up services-down services-status test lint demo demo-services clean-state browser api alerts-bench
+.PHONY: help install services-up services-down services-status test test-faults lint demo demo-services clean-state browser api alerts-bench
 
 alerts-bench: $(STAMP) ## alert engine: readings/s and CPU per reading (100,000 devices x 5 rules), then latency
 	$(BIN)/python -m loadtests.alerts_bench

@@ -90,9 +90,11 @@ class Delivery:
             for row in rows:
                 queues[(row.receiver, row.device_id)].append(row)
             for row in rows:
-                if row.incident_id is not None and row.payload.get("kind") == "incident":
-                    count, members = await q.incident_members(conn, row.incident_id)
-                    row.payload.update(member_count=count, members=members)
+                grouped = row.payload.get("notifications") if row.payload.get("kind") == "group" else None
+                for payload in grouped or [row.payload]:  # a group_interval batch: each incident in it
+                    if payload.get("kind") == "incident" and payload.get("incident_id") is not None:
+                        count, members = await q.incident_members(conn, int(payload["incident_id"]))
+                        payload.update(member_count=count, members=members)
             outcomes = await asyncio.gather(*(self._send_queue(client, queue) for queue in queues.values()))
             for outcome in outcomes:
                 for row, verdict, error in outcome:

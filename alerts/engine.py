@@ -10,8 +10,9 @@ makes the replayed readings no-ops: nothing is lost, nothing repeated.
 On partition assignment the engine loads those partitions' device state
 (and starts watching registered devices there that never reported); on
 revocation the stage checkpoints first and the engine forgets them.
-Silence runs on a deadline heap against an injectable clock; rules reload
-when the rules version in the database changes.
+Silence and state-duration deadlines run on heaps against an injectable
+clock; rules reload when the rules version in the database changes (and the
+open alerts of rules gone are resolved, ``alerts/retire.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import msgspec
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from alerts.directory import ActiveSilence, DeviceInfo, guess, partition_of, registered, selects
+from alerts.durations import DurationTimers
 from alerts.evaluate import evaluate_batch
 from alerts.lifecycle import NS, Compiled, Op
 from alerts.metrics import AlertMetrics
@@ -33,7 +35,8 @@ from alerts.notify import device_time
 from alerts.publisher import Publisher
 from alerts.recorder import Recorder
 from alerts.repeats import Repeats
-from alerts.rules import Silence
+from alerts.retire import REMOVED, retire, retire_all
+from alerts.rules import Silence, StateDuration
 from alerts.rules_db import load_enabled
 from alerts.settings import AlertSettings
 from alerts.silence import DeadlineHeap, due, schedule
@@ -54,7 +57,7 @@ Clock = Callable[[], int]
 class AlertEngine:
     def __init__(self, bus: Bus, pool: AsyncConnectionPool, settings: AlertSettings, *,
                  clock: Clock = time.time_ns, metrics: Metrics | None = None, tick_s: float = 0.2,
-                 group_wait_s: float = 30.0) -> None:
+                 group_wait_s: float = 30.0, group_interval_s: float = 0.0) -> None:
         self._pool = pool
         self._settings = settings
         self.clock = clock
@@ -77,10 +80,12 @@ class AlertEngine:
         self._silences: list[ActiveSilence] = []
         self.heap = DeadlineHeap()
         self.repeats = Repeats()
+        self.durations = DurationTimers()
         self._by_id: dict[str, Compiled] = {}
+        self._rate_windows: dict[str, int] = {}
         self.recorder = Recorder(self.info, self.devices.get, lambda: self._silences,
                                  incident_window_s=settings.alerts_incident_window_s,
-                                 group_wait_s=group_wait_s)
+                                 group_wait_s=group_wait_s, group_interval_s=group_interval_s, clock=clock)
         self._stopping = asyncio.Event()
         self._publisher = Publisher(pool, self._producer, settings.topic_alerts, self.metrics)
 
@@ -95,6 +100,9 @@ class AlertEngine:
             found = self._applicable[device_id] = [c for c in self.rules if selects(c.rule.selector, d)]
         return found
 
+    def _rule_ids(self, device_id: str) -> set[str]:
+        return {c.rule.id for c in self.rules_for(device_id)}
+
     async def reload(self) -> bool:
         """Load rules, silences and the registry if the rules version changed."""
         async with self._pool.connection() as conn:
@@ -104,16 +112,24 @@ class AlertEngine:
             version, rules = await load_enabled(conn)
             silences = await alert_rules_store.list_silences(conn)
             devices = await q.load_devices(conn)
+            if self.rules_version < 0:
+                await self.recorder.rate.load(conn)  # rate limits count what was sent before a restart
         async with self._lock:
             self.rules = [Compiled.of(r, recv) for r, recv in rules]
             self._by_id = {c.rule.id: c for c in self.rules}
+            self._rate_windows = {c.rule.id: int(c.rule.rate_limit.per * NS) for c in self.rules
+                                  if c.rule.rate_limit is not None}
             self.rules_version = version
             self._silences = [ActiveSilence.of(s.selector, s.starts_at, s.ends_at) for s in silences]
             self._registry = {d.device_id: registered(d) for d in devices}
             self._applicable.clear()
             self.recorder.silence_rule_ids = frozenset(
                 c.rule.id for c in self.rules if isinstance(c.rule.condition, Silence))
+            self._ops += retire_all(self.devices, self._rule_ids, self._by_id, self.clock())
             self._watch(set(self.devices), self._owned_partitions())
+        await self.flush()  # this engine's own transitions of the old rules first, then close the rest
+        async with self._pool.connection() as conn, conn.transaction():
+            await q.resolve_rules_gone(conn, list(self._by_id), REMOVED)
         log.info("alert rules version %d: %d rules, %d registered devices", version, len(rules), len(devices))
         return True
 
@@ -130,7 +146,8 @@ class AlertEngine:
             rows = await self._load_states(sorted(partitions))
             for device_id, blob in rows:
                 if device_id not in self.devices:
-                    self.devices[device_id] = decode_state(blob)
+                    ds = self.devices[device_id] = decode_state(blob)
+                    self._ops += retire(device_id, ds, self._rule_ids(device_id), self._by_id, self.clock())
             self._watch(set(self.devices), partitions)
         log.info("alerts: partitions %s assigned, %d device states loaded", sorted(partitions), len(rows))
 
@@ -160,6 +177,8 @@ class AlertEngine:
         for device_id in known:
             for c in self.rules_for(device_id):
                 self.repeats.schedule(c, device_id, self.devices[device_id])
+                if isinstance(c.rule.condition, StateDuration):
+                    self.durations.schedule(c, device_id, self.devices[device_id])
         for device_id in list(known) + [d for d in self._registry if d not in known]:
             silence = [c for c in self.rules_for(device_id) if isinstance(c.rule.condition, Silence)]
             if not silence:
@@ -199,6 +218,10 @@ class AlertEngine:
                     silence = [c for c in rules if isinstance(c.rule.condition, Silence)]
                     if silence:
                         self._schedule(batch.device_id, ds, silence)
+                    if ds.connectors:
+                        for c in rules:
+                            if isinstance(c.rule.condition, StateDuration):
+                                self.durations.schedule(c, batch.device_id, ds)
                     self.metrics.lag.set(max(0.0, (self.clock() - batch.received_ns) / NS))
 
     def check_silence(self) -> int:
@@ -221,7 +244,7 @@ class AlertEngine:
         async with self._lock:
             if not self._ops and not self._dirty:
                 return
-            ops, dirty = self._ops, self._dirty
+            ops, dirty = self._ops, self._dirty | {op.device_id for op in self._ops}  # ops change state
             saved = {id(op.rs): (op.rs, op.rs.alert_id, op.rs.notified_ns) for op in ops}
             outbox: list[q.OutboxIn] = []
             try:
@@ -230,15 +253,20 @@ class AlertEngine:
                     for op in ops:
                         await self.recorder.record(conn, op, outbox)
                         self.repeats.noted(op, now)
+                    await self.recorder.rate.save(conn, self._rate_windows, now)
                     await q.save_states(conn, [
                         (d, s.partition, device_time(s.last_seen_ns) if s.last_seen_ns else None,
                          encode_state(s)) for d in dirty if (s := self.devices.get(d)) is not None])
             except BaseException as exc:
+                self.recorder.rate.rolled_back()
+                self.recorder.grouper.rolled_back()
                 for rs, alert_id, notified in saved.values():
                     rs.alert_id, rs.notified_ns = alert_id, notified  # rolled back: done again next time
                 if isinstance(exc, (*TRANSIENT, PoolTimeout)):
                     raise StorageUnavailableError(f"alert checkpoint failed: {exc}") from exc
                 raise
+            self.recorder.rate.committed()
+            self.recorder.grouper.committed()
             self._ops, self._dirty = [], set()
             for op in ops:
                 ds = self.devices.get(op.device_id)
@@ -269,10 +297,13 @@ class AlertEngine:
             await self._producer.stop()
 
     async def tick(self) -> None:
-        """Silence deadlines due by now, then a checkpoint if they made transitions."""
+        """Reminders, state-duration and silence deadlines due by now, then a checkpoint if they
+        made transitions."""
         async with self._lock:
-            repeated = self.repeats.due(self.clock(), self.devices, self._by_id)
-            self._ops += repeated
+            s, now = self._settings, self.clock()
+            self._ops += self.repeats.due(now, self.devices, self._by_id)
+            self._ops += self.durations.due(now, self.devices, self._by_id,
+                                            int(s.alerts_flap_window_s * NS), s.alerts_flap_max)
             made = self.check_silence() or bool(self._ops)  # or left over from a failed flush
         if made:
             await self.flush()

@@ -12,7 +12,7 @@ from alerts.conditions import aggregate, rate_of_change, state_seconds
 from alerts.lifecycle import Compiled, Op, step
 from alerts.rules import Aggregate, HealthCondition, RateOfChange, Silence, StateDuration, Threshold
 from alerts.silence import on_uplink
-from alerts.state import DeviceState
+from alerts.state import FIRING, DeviceState
 from citysense.records import QUALITY_LATE, RecordBatch
 
 
@@ -34,6 +34,10 @@ def evaluate_batch(rules: list[Compiled], batch: RecordBatch, ds: DeviceState, f
         held = ds.connectors.get(s.connector)
         if held is None or (held[0] != s.state and s.time_ns >= held[1]):
             ds.connectors[s.connector] = (s.state, s.time_ns)
+    offline_since = [rs.since_ns for c in rules if isinstance(c.rule.condition, Silence)
+                     and (rs := ds.rules.get(c.rule.id)) is not None and rs.phase == FIRING]
+    if offline_since:  # back from offline: what it buffered meanwhile is inhibited (see recorder)
+        ds.offline = (min(offline_since), _newest(batch))
     for c in rules:
         cond = c.rule.condition
         rs = ds.rule(c.rule.id)
@@ -69,4 +73,16 @@ def evaluate_batch(rules: list[Compiled], batch: RecordBatch, ds: DeviceState, f
         elif isinstance(cond, Silence):
             evaluations += 1
             ops += on_uplink(c, device, rs, batch.received_ns, batch.received_ns - previous_seen)
-    return ops, evaluations
+    return ops + still_firing(ops, ds, _newest(batch)), evaluations
+
+
+def still_firing(ops: list[Op], ds: DeviceState, newest_ns: int) -> list[Op]:
+    """Data alerts that buffered readings moved while the device was offline (inhibited) and that
+    still fire once it is back: one 'repeated' each, at the comeback, so the operator hears what
+    holds now (not every moment of the backlog)."""
+    start, end = ds.offline
+    moved = {id(op.rs): op for op in ops if start <= op.t_ns < end
+             and not isinstance(op.compiled.rule.condition, Silence)}
+    t = max(newest_ns, end)
+    return [Op(op.compiled, op.device_id, op.rs, "repeated", "firing", "firing", op.rs.grade, op.rs.value, t)
+            for op in moved.values() if op.rs.phase == FIRING]

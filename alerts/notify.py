@@ -5,7 +5,8 @@ it reports), an incident's ``incident:<incident_id>:<event>``: a receiver
 that sees a key twice has seen the same notification twice. Alerts at a
 site notify through their incident (one notification for 40 members);
 alerts without a site notify on their own. The ordering key (outbox
-``device_id``) is the device, or ``site:<id>`` for an incident.
+``device_id``) is the device, or ``site:<id>`` for an incident; with
+``group_interval`` on, the group (``alerts/grouping.py``).
 """
 
 from __future__ import annotations

@@ -11,15 +11,16 @@ nothing: an alert that was over before anyone was told stays untold.
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from time import time_ns
 
 from alerts.directory import ActiveSilence, DeviceInfo
-from alerts.lifecycle import Op
+from alerts.grouping import Grouper
+from alerts.lifecycle import NS, Op
 from alerts.notify import NOTIFIED_ACTIONS, alert_rows, device_time, incident_rows
+from alerts.rate_limits import RateCounters
 from alerts.rules import Silence
 from alerts.state import FIRING, DeviceState
 from storage import alerts_engine_sql as q
@@ -29,38 +30,33 @@ from storage.db import Conn
 class Recorder:
     def __init__(self, info: Callable[[str], DeviceInfo], state: Callable[[str], DeviceState | None],
                  silences: Callable[[], list[ActiveSilence]], *, incident_window_s: float,
-                 group_wait_s: float) -> None:
+                 group_wait_s: float, group_interval_s: float = 0.0,
+                 clock: Callable[[], int] = time_ns) -> None:
         self._info = info
         self._state = state
         self._silences = silences
         self._incident_window_s = incident_window_s
         self.group_wait_s = group_wait_s
-        # per-rule notification times for rate limits (in memory: a restart starts afresh)
-        self._sent: dict[str, deque[float]] = {}
+        self._clock = clock
+        self.rate = RateCounters()
+        self.grouper = Grouper(group_interval_s, clock)
 
     def _suppressed(self, op: Op, d: DeviceInfo) -> str | None:
         rule = op.compiled.rule
         if not isinstance(rule.condition, Silence):
             ds = self._state(op.device_id)
-            if ds is not None and any(
+            if ds is not None and (any(
                     rs.phase == FIRING and rid != rule.id and self._is_silence_rule(rid)
-                    for rid, rs in ds.rules.items()):
-                return "inhibited"
+                    for rid, rs in ds.rules.items()) or ds.offline[0] <= op.t_ns < ds.offline[1]):
+                return "inhibited"  # offline now, or a moment of its offline period (buffered)
         now = datetime.now(UTC)
         if any(s.covers(rule.id, d, now) for s in self._silences()):
             return "silenced"
         limit = rule.rate_limit
-        if limit is not None and (op.action in NOTIFIED_ACTIONS or op.flapping):
-            sent = self._sent.setdefault(rule.id, deque())
-            horizon = time.monotonic() - limit.per
-            while sent and sent[0] < horizon:
-                sent.popleft()
-            if len(sent) >= limit.count:
-                return "rate_limited"
+        if (limit is not None and (op.action in NOTIFIED_ACTIONS or op.flapping)
+                and self.rate.count(rule.id, self._clock(), int(limit.per * NS)) >= limit.count):
+            return "rate_limited"
         return None
-
-    def _count_sent(self, rule_id: str) -> None:
-        self._sent.setdefault(rule_id, deque()).append(time.monotonic())
 
     silence_rule_ids: frozenset[str] = frozenset()
 
@@ -76,7 +72,8 @@ class Recorder:
         tin = q.TransitionIn(
             0 if opening else op.rs.alert_id, rule.id, op.device_id, d.site_id, rule.condition.type,
             rule.metric, op.action, op.from_state, op.to_state, op.grade, op.value, device_time(op.t_ns),
-            dict(rule.labels), op.flapping or op.rs.flapping, suppressed)
+            dict(rule.labels), op.flapping or op.rs.flapping, suppressed, op.extra.get("reason", ""),
+            op.extra.get("actor", "engine"))
         out = await q.record_transition(conn, tin)
         if out.gone:
             if op.to_state == "resolved":
@@ -91,9 +88,8 @@ class Recorder:
         notify = (op.notify or op.flapping) and suppressed is None
         rows = await self._notifications(conn, op, out, d, notify)
         if rows and rule.rate_limit is not None:
-            self._count_sent(rule.id)
-        await q.enqueue(conn, rows)  # now, so a later op of this checkpoint can cancel it
-        outbox += rows
+            self.rate.sent(rule.id, self._clock())
+        outbox += await self.grouper.place(conn, rows)  # now, so a later op of this checkpoint can cancel it
         return out.transition_id
 
     async def _notifications(self, conn: Conn, op: Op, out: q.TransitionOut, d: DeviceInfo,

@@ -23,6 +23,9 @@ class AlertSettings(CommonSettings):
     # Alertmanager's group_wait: a notification waits this long, and an alert resolved
     # meanwhile sends nothing (neither fired nor resolved).
     alerts_group_wait_s: float = Field(default=30.0, ge=0)
+    # Alertmanager's group_interval: after a group's (receiver, rule and site, or site for
+    # incidents) first notification, the next ones go out together at most this often.
+    alerts_group_interval_s: float = Field(default=300.0, ge=0)
     # Webhook delivery: bounded attempts, exponential backoff with full jitter.
     deliver_max_attempts: int = Field(default=8, ge=1)
     deliver_backoff_base_s: float = Field(default=1.0, gt=0)

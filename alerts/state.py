@@ -35,6 +35,9 @@ class DeviceState(msgspec.Struct, array_like=True, gc=False):
     rules: dict[str, RuleState] = msgspec.field(default_factory=dict)
     # connector -> (state, since_ns) for state-duration rules
     connectors: dict[int, tuple[str, int]] = msgspec.field(default_factory=dict)
+    # the last offline period [from, to) in device time: transitions at moments inside it came
+    # from readings buffered while the device was offline, and are inhibited
+    offline: tuple[int, int] = (0, 0)
 
     def rule(self, rule_id: str) -> RuleState:
         rs = self.rules.get(rule_id)

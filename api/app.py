@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from psycopg_pool import PoolTimeout
 
 from api.auth import KeyCache, RateLimiter
+from api.cache import SharedCache
 from api.live import LiveHub
 from api.metrics import ApiMetrics
 from api.routes import alerts, chargers, city, devices, health, me, rules, series, silences, sites, stream
@@ -110,6 +112,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.overview_cache = None
     app.state.overview_lock = asyncio.Lock()
     app.state.overview_task = None
+    app.state.map_cache = SharedCache[Any]()
     app.middleware("http")(app.state.metrics.middleware)
     for exc_type in (StorageUnavailableError, psycopg.OperationalError, PoolTimeout):
         app.add_exception_handler(exc_type, _unavailable)

@@ -35,3 +35,5 @@ class ApiSettings(CommonSettings):
     api_sse_send_timeout_s: float = Field(default=10.0, gt=0)
     # The overview is computed at most this often and shared by all callers.
     api_overview_cache_s: float = Field(default=2.0, ge=0)
+    # The map (one status per device, aggregated) likewise, per cell size and kind.
+    api_map_cache_s: float = Field(default=10.0, ge=0)

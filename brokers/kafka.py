@@ -26,9 +26,11 @@ from aiokafka.errors import (
     IllegalGenerationError,
     KafkaConnectionError,
     KafkaError,
+    OutOfOrderSequenceNumber,
     RebalanceInProgressError,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    UnknownProducerId,
 )
 from aiokafka.partitioner import murmur2
 
@@ -48,6 +50,8 @@ class KafkaConfig:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 120_000
+    # Of the topics create_topics makes (a cluster: 3, with min.insync.replicas 2 on the brokers).
+    replication_factor: int = 1
 
 
 class KafkaBus:
@@ -73,7 +77,8 @@ class KafkaBus:
             await admin.start()
             existing = set(await admin.list_topics())
             new = [
-                NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1)
+                NewTopic(name=t.name, num_partitions=t.partitions,
+                         replication_factor=self.config.replication_factor)
                 for t in topics
                 if t.name not in existing
             ]
@@ -111,6 +116,7 @@ class KafkaProducer:
     def __init__(self, config: KafkaConfig) -> None:
         self._config = config
         self._producer: AIOKafkaProducer | None = None
+        self._restart_pending = False  # restarted after a broken sequence, not running yet
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -130,8 +136,10 @@ class KafkaProducer:
             await producer.stop()
             raise BrokerUnavailableError(f"Kafka at {self._config.bootstrap}: {exc}") from exc
         self._producer = producer
+        self._restart_pending = False
 
     async def stop(self) -> None:
+        self._restart_pending = False
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()  # flushes what is pending
@@ -144,6 +152,8 @@ class KafkaProducer:
         Batches of one partition are queued in order, so per-key order holds;
         ``add_batch`` waits while the accumulator is full (backpressure).
         """
+        if self._producer is None and self._restart_pending:
+            await self.start()  # BrokerUnavailableError (retriable) while Kafka is still away
         producer = self._producer
         if producer is None:
             raise NotStartedError("KafkaProducer.send_batch before start()")
@@ -169,9 +179,27 @@ class KafkaProducer:
                 if batch.record_count():
                     futures.append(await producer.send_batch(batch, topic, partition=p))
             await asyncio.gather(*futures)
+        except (OutOfOrderSequenceNumber, UnknownProducerId) as exc:
+            # The idempotent producer's sequence broke: batches that expired during a long outage
+            # (longer than the request timeout) left a gap. aiokafka cannot bump the epoch (the
+            # Java client's KIP-360), so start a new producer (a new producer id) and let the
+            # caller send again: at-least-once, and the consumers downstream are idempotent.
+            await self._restart(producer)
+            raise BrokerUnavailableError(f"produce to {topic} failed, producer restarted: {exc!r}") from exc
         except KafkaError as exc:
             error = BrokerUnavailableError if exc.retriable else BrokerError
             raise error(f"produce to {topic} failed: {exc!r}") from exc
+
+    async def _restart(self, producer: AIOKafkaProducer) -> None:
+        current = self._producer
+        if current is None or current is not producer:
+            return  # a concurrent send restarted it already
+        self._producer = None
+        self._restart_pending = True
+        with contextlib.suppress(KafkaError, asyncio.TimeoutError):
+            await asyncio.wait_for(current.stop(), 10)
+        with contextlib.suppress(BrokerUnavailableError):
+            await self.start()
 
     async def _partitions(self, producer: AIOKafkaProducer, topic: str) -> list[int]:
         parts = await producer.partitions_for(topic)  # cached metadata; fetched when missing
@@ -295,5 +323,6 @@ def kafka_config(settings: CommonSettings, client_id: str) -> KafkaConfig:
     if not settings.kafka_bootstrap:
         raise ValueError("CITYSENSE_KAFKA_BOOTSTRAP is not set")
     return KafkaConfig(
-        bootstrap=settings.kafka_bootstrap, client_id=client_id, linger_ms=settings.kafka_linger_ms
+        bootstrap=settings.kafka_bootstrap, client_id=client_id, linger_ms=settings.kafka_linger_ms,
+        replication_factor=settings.kafka_replication_factor,
     )

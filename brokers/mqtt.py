@@ -50,6 +50,9 @@ class MqttConfig:
     keepalive_s: int = 30
     max_inflight: int = 1000
     max_unacked_inbound: int = 5000
+    # paho's reconnect back-off doubles up to this; its default (120 s) would leave a bridge away
+    # for minutes after a broker restart while its queue grows.
+    reconnect_max_s: int = 5
     # mqtts:// : the CA that signed the broker's certificate (None: the system's CAs), and an
     # optional client certificate + key.
     ca_file: str | None = None
@@ -100,7 +103,14 @@ class MqttClient:
         self._closing = False
         self._subscriptions: list[tuple[str, int]] = []
         self._subacks: dict[int, asyncio.Future[None]] = {}
+        self._side_handlers: dict[str, Callable[[str, bytes], None]] = {}
         self.disconnects = 0
+
+    def on_side_messages(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Send QoS 0 messages matching ``topic_filter`` (status topics such as ``$SYS/#``) to
+        ``handler`` on the event loop, outside the bounded inbox: they are never acknowledged and
+        never hold paho's thread while the inbox is full. Call before ``start()``."""
+        self._side_handlers[topic_filter] = handler
 
     def set_connection_listener(self, listener: ConnectionListener | None) -> None:
         self._on_connection = listener
@@ -123,11 +133,14 @@ class MqttClient:
                            keyfile=self.config.key_file)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=self.config.reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        for topic_filter in self._side_handlers:
+            client.message_callback_add(topic_filter, self._on_side_message)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.config.session_expiry_s:
             props.SessionExpiryInterval = self.config.session_expiry_s
@@ -249,6 +262,13 @@ class MqttClient:
             self._inbox_wake_scheduled = True
             self._loop.call_soon_threadsafe(self._wake_inbox)
 
+    def _on_side_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._loop is None or self._closing:
+            return
+        for topic_filter, handler in self._side_handlers.items():
+            if paho.topic_matches_sub(topic_filter, message.topic):
+                self._loop.call_soon_threadsafe(handler, message.topic, bytes(message.payload))
+
     # -- event-loop side ----------------------------------------------------
     def _drain_acks(self) -> None:
         self._ack_drain_scheduled = False
@@ -276,7 +296,10 @@ class MqttClient:
         client = self._require()
         assert self._loop is not None
         info = client.publish(topic, payload, qos=qos)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        # While disconnected paho keeps a QoS 1 message and sends it after the reconnect: its PUBACK
+        # will settle the future, like any other (an at-least-once device re-sends, it does not give up).
+        queued = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not queued:
             fut: asyncio.Future[None] = self._loop.create_future()
             fut.set_exception(BrokerUnavailableError(f"publish to {topic}: {paho.error_string(info.rc)}"))
             return fut

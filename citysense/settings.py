@@ -39,6 +39,8 @@ class CommonSettings(BaseSettings):
     dlq_partitions: int = Field(default=2, ge=1)
 
     kafka_linger_ms: int = Field(default=5, ge=0)
+    # Replication factor of the topics the stages create (3 on a cluster; 1 on the local node).
+    kafka_replication_factor: int = Field(default=1, ge=1)
     # Serve Prometheus /metrics on 127.0.0.1:<port> when set (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Address /metrics binds to; 0.0.0.0 in a container so Prometheus can scrape it.

@@ -7,6 +7,10 @@ A bridge that dies between the two loses nothing: the broker redelivers
 what was never acknowledged. Beside the uplinks the bridge runs a canary through
 its shared subscription (``ingest/canary.py``) to notice another consumer in its
 group, and logs and counts every change of its MQTT connection.
+
+It also follows the broker's ``$SYS`` drop counter (``broker_stats``), the
+one trace of uplinks the broker acknowledged and then dropped from a full
+bridge queue.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from brokers.exceptions import BrokerError
 from brokers.mqtt import InboundMessage, MqttClient
 from citysense.metrics import Metrics
 from citysense.records import DeadLetter, Envelope, encode
+from ingest.broker_stats import SYS_TOPICS, BrokerStats
 from ingest.canary import CanaryWatch, canary_origin, canary_topic, echo_topic
 from ingest.codecs.base import OVERSIZE
 from ingest.dlq import MAX_ORIGINAL_BYTES
@@ -72,6 +77,10 @@ class Bridge:
         self.ready = asyncio.Event()  # set once subscribed: nothing published after is missed
         self.forwarded = 0
         self.dead_letters = 0
+        self.broker_stats = BrokerStats()
+        if metrics is not None:
+            metrics.registry.register(self.broker_stats)
+        mqtt.on_side_messages("$SYS/#", self.broker_stats.update)
         self._share_group = share_group
         client_id = mqtt.config.client_id
         self._echo_topic = echo_topic(client_id)
@@ -96,6 +105,7 @@ class Bridge:
         await self._mqtt.start()
         try:
             await self._mqtt.subscribe(self._subscription, qos=1)
+            await self._follow_broker_stats()
             if self._canary_interval_s:
                 await self._mqtt.subscribe(self._echo_topic, qos=1)
             self.ready.set()
@@ -110,6 +120,12 @@ class Bridge:
             await self._mqtt.stop()  # unacknowledged messages stay with the broker
             await self._producer.stop()
 
+    async def _follow_broker_stats(self) -> None:
+        for topic in SYS_TOPICS:
+            try:
+                await self._mqtt.subscribe(topic, qos=0)
+            except (BrokerError, TimeoutError) as exc:
+                log.warning("cannot follow %s (broker drops will not be counted): %s", topic, exc)
     def _count_canary(self, outcome: str, n: int = 1) -> None:
         if self._metrics is not None:
             self._metrics.bridge_canaries.labels(outcome).inc(n)

@@ -17,7 +17,8 @@ that reboots restarts its counter, and one with an unset clock may restart
 its time too, so the payload digest is what keeps a new measurement from
 being taken for a resend. Otherwise one ``(device, metric, time)`` key per
 record (the database's own key), and the uplink is a duplicate only when
-every key was seen.
+every key was seen. A health-only uplink (an OCPP Heartbeat, whose mark is at
+the received time) is keyed by its payload's CRC-32 and length.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def uplink_keys(batch: RecordBatch, payload: bytes = b"") -> tuple[Key, ...]:
         first = batch.readings[0]
         if first.seq >= 0:
             return ((d, first.seq, first.time_ns, zlib.crc32(payload)),)
+    elif not batch.statuses and payload:
+        # Health only: an OCPP Heartbeat.req or BootNotification has no time of its own (its mark
+        # is at the received time, different for every copy), but a resend is byte-identical and
+        # each CALL has its own uniqueId.
+        return ((d, "@uplink", zlib.crc32(payload), len(payload)),)
     keys: list[Key] = [(d, r.metric, r.time_ns) for r in batch.readings]
     keys.extend((d, "@status", s.connector, s.time_ns, s.state) for s in batch.statuses)
     keys.extend((d, "@health", h.time_ns) for h in batch.health)

@@ -128,15 +128,31 @@ METER_NBIOT = Profile(
     ),
 )
 
+_CHARGER_BASE = (
+    Metric("power_kw", "kW", 0.0, 400.0, 7.0),
+    Metric("energy_kwh", "kWh", 0.0, 10_000_000.0, 0.0),
+    Metric("voltage_v", "V", 0.0, 1000.0, 230.0),
+    Metric("current_a", "A", 0.0, 600.0, 32.0),
+    Metric("soc_pct", "%", 0.0, 100.0, 50.0),
+)
+# OCPP 1.6 phases (L1, L2, L3, N, L1-N, L2-N, L3-N, L1-L2, L2-L3, L3-L1), one metric each.
+_PHASE_SUFFIXES = ("l1", "n", "l2", "l3", "l1_n", "l2_n", "l3_n", "l1_l2", "l2_l3", "l3_l1")
+
 CHARGER_OCPP = Profile(
     kind="charger", codec="charger-ocpp", network="lte-cat1", report_interval_s=60.0,
-    description="EV charge pile, OCPP 1.6-like (MeterValueSampleInterval 60 s)",
+    description="EV charge pile, OCPP 1.6 JSON (MeterValueSampleInterval 60 s)",
     metrics=(
-        Metric("power_kw", "kW", 0.0, 400.0, 7.0),
-        Metric("energy_kwh", "kWh", 0.0, 10_000_000.0, 0.0),
-        Metric("voltage_v", "V", 0.0, 1000.0, 230.0),
-        Metric("current_a", "A", 0.0, 600.0, 32.0),
-        Metric("soc_pct", "%", 0.0, 100.0, 50.0),
+        *_CHARGER_BASE,
+        Metric("energy_export_kwh", "kWh", 0.0, 10_000_000.0, 0.0),
+        Metric("power_export_kw", "kW", 0.0, 400.0, 0.0),
+        Metric("power_offered_kw", "kW", 0.0, 400.0, 7.0),
+        Metric("current_export_a", "A", 0.0, 600.0, 0.0),
+        Metric("current_offered_a", "A", 0.0, 600.0, 32.0),
+        Metric("temperature", "degC", -40.0, 120.0, 25.0),
+        Metric("frequency_hz", "Hz", 40.0, 70.0, 50.0),
+        Metric("power_factor", "", -1.0, 1.0, 0.98),
+        *(Metric(f"{m.name}_{p}", m.unit, m.low, m.high, m.typical)
+          for m in _CHARGER_BASE if m.name != "soc_pct" for p in _PHASE_SUFFIXES),
     ),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -38,5 +39,9 @@ class NormaliserSettings(CommonSettings):
     normalise_max_payload_bytes: int = Field(default=64 * 1024, ge=1)
     # Dedupe window: uplink keys remembered per raw partition (bounded memory).
     normalise_dedupe_window: int = Field(default=20_000, ge=0)
+    # Records older than this (before the received time) are dead-lettered as beyond_retention:
+    # storage would drop them at its next retention pass. Keep it equal to CITYSENSE_RETENTION
+    # (the writer's); 0 turns the check off.
+    normalise_retention: timedelta = timedelta(days=90)
     # Registry JSON (``citysense scenario export``); unset = accept every device of a known kind.
     normalise_registry: Path | None = None

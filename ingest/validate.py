@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 from msgspec.structs import replace
 
-from citysense.records import Health, RecordBatch, Status
+from citysense.records import QUALITY_LATE, Health, RecordBatch, Status
 from ingest.codecs.base import OUT_OF_RANGE, UNKNOWN_METRIC
 from ingest.profiles import Profile
 
 INVALID_STATE = "invalid_state"
+BEYOND_RETENTION = "beyond_retention"
 
 OCPP_STATES = frozenset({
     "Available", "Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing",
@@ -61,6 +62,8 @@ def _health_problem(h: Health) -> str | None:
 def _status_problem(s: Status) -> Rejection | None:
     if s.state not in OCPP_STATES:
         return Rejection(INVALID_STATE, f"connector {s.connector} state {s.state!r} is not OCPP 1.6")
+    if isinstance(s.connector, bool):  # bool is an int subclass; msgpack would carry it as a bool
+        return Rejection(OUT_OF_RANGE, f"connector {s.connector!r} is not an integer")
     if s.connector < 0:
         return Rejection(OUT_OF_RANGE, f"connector {s.connector} is negative")
     return None
@@ -108,3 +111,33 @@ def validate(kind: str, bounds: Bounds, batch: RecordBatch) -> tuple[RecordBatch
         return batch, rejected
     readings = batch.readings if keep_readings is None else tuple(keep_readings)
     return replace(batch, readings=readings, statuses=statuses, health=health), rejected
+
+
+def within_retention(batch: RecordBatch, cut_ns: int) -> tuple[RecordBatch, list[Rejection], int]:
+    """The batch without records older than ``cut_ns``, why each was refused, and how many of
+    the refused readings were flagged late.
+
+    Storage drops such rows at its next retention pass: storing them would acknowledge a
+    reading and then lose it without a trace, so they are refused (dead-lettered) instead."""
+    times = [r.time_ns for r in batch.readings]
+    times += [s.time_ns for s in batch.statuses] + [h.time_ns for h in batch.health]
+    if not times or min(times) >= cut_ns:
+        return batch, [], 0
+    rejected: list[Rejection] = []
+    late = 0
+    readings = []
+    for r in batch.readings:
+        if r.time_ns < cut_ns:
+            text = f"{r.metric} at {r.time_ns} ns is older than retention"
+            rejected.append(Rejection(BEYOND_RETENTION, text))
+            late += bool(r.quality & QUALITY_LATE)
+        else:
+            readings.append(r)
+    statuses = [s for s in batch.statuses if s.time_ns >= cut_ns]
+    health = [h for h in batch.health if h.time_ns >= cut_ns]
+    dropped = (len(batch.statuses) - len(statuses)) + (len(batch.health) - len(health))
+    if dropped:
+        text = f"{dropped} status/health record(s) older than retention"
+        rejected.append(Rejection(BEYOND_RETENTION, text))
+    out = replace(batch, readings=tuple(readings), statuses=tuple(statuses), health=tuple(health))
+    return out, rejected, late

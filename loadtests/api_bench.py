@@ -168,10 +168,10 @@ def _warm_up(base: str, token: str, devices: list[str]) -> None:
 def _report(stats: Path, args: argparse.Namespace) -> None:
     print(f"{args.users} operators for {args.duration} s, {args.devices} devices "
           "(one uvicorn worker; locust, PostgreSQL and the API share this machine's cores)")
-    print(f"{'request':<16}{'count':>8}{'fail':>6}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}")
+    print(f"{'request':<20}{'count':>8}{'fail':>6}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}")
     with stats.open() as f:
         for row in csv.DictReader(f):
-            print(f"{row['Name']:<16}{row['Request Count']:>8}{row['Failure Count']:>6}"
+            print(f"{row['Name']:<20}{row['Request Count']:>8}{row['Failure Count']:>6}"
                   f"{float(row['Requests/s']):>8.1f}{row['50%']:>8}{row['99%']:>8}"
                   f"{float(row['Max Response Time']):>8.0f}")
 

@@ -5,7 +5,7 @@
 
 Each operator, between short pauses, looks at what an operator's screen asks for:
 the overview, a page of devices, one device's latest values, a device's 24-hour
-series in 1-minute buckets, and the open alerts.
+series in 1-minute buckets, the open alerts, and now and then the county map.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ class Operator(HttpUser):
                   "bucket": "60", "agg": "avg"}
         self.client.get(f"/api/v1/devices/{random.choice(self.devices)}/series", params=params,
                         name="series 24h/1m")
+
+    @task(1)
+    def county_map(self) -> None:
+        self.client.get("/api/v1/map", params={"cell_deg": 0.02}, name="map (all devices)")
 
     @task(2)
     def alerts(self) -> None:

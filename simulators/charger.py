@@ -1,4 +1,4 @@
-"""EV charge piles: an OCPP 1.6-like connector state machine, meter values, heartbeats.
+"""EV charge piles: an OCPP 1.6 connector state machine, meter values, heartbeats.
 
 One pile is one device with connector 1. Idle piles heartbeat every
 ``HEARTBEAT_S``. Sessions arrive more often by day; a session goes
@@ -10,6 +10,11 @@ the evening peak) or SuspendedEV, and ends Finishing (stop reason, OCPP 1.6
 code) and go Unavailable for maintenance, or get Reserved. Every state change
 is checked against :data:`TRANSITIONS` (OCPP 1.6 section 4.9); an illegal one
 raises, so a bug cannot slip into the wire.
+
+The wire is OCPP 1.6 JSON: MeterValues with units (the energy register in whole Wh, as
+meters report it; the record holds the kWh the normaliser makes of it), an integer
+transactionId, and the empty ``Heartbeat.req``. StatusNotification carries one citysense
+extension, ``transactionId`` (the session's id), so storage can follow sessions.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Generator, Iterator
 from functools import partial
 
 from citysense.records import Health, Reading, RecordBatch, Status
-from ingest.codecs.charger_ocpp import call, iso_ms, meter_call, status_call
+from ingest.codecs.charger_ocpp import call, meter_call, status_call
 from ingest.topics import uplink_topic
 from simulators.model import NS, DeviceStream, Uplink, traffic_load
 
@@ -54,8 +59,10 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1000) * 1_000_000
 
 
-def _heartbeat_batch(device_id: str, t: int) -> RecordBatch:
-    return RecordBatch(device_id, 0, health=(Health(device_id, t),))
+def _heartbeat_batch(device_id: str) -> RecordBatch:
+    """What a Heartbeat.req decodes to: a mark at the received time, which records of the
+    simulators leave at 0 (as every ``received_ns``) since only the receiver knows it."""
+    return RecordBatch(device_id, 0, health=(Health(device_id, 0),))
 
 
 class IllegalTransition(RuntimeError):
@@ -96,17 +103,21 @@ class ChargerDevice(DeviceStream):
     def _meter(self, t: int, power: float, soc: float, session: str) -> Uplink:
         volts = round(self.rng.uniform(380, 420) if self.dc else self.rng.gauss(230, 2), 1)
         seq = self._next_seq()
-        values = (("power_kw", round(power, 2)), ("energy_kwh", round(self.energy_kwh, 3)),
+        wh = round(self.energy_kwh * 1000)  # the register in whole Wh, as on the wire
+        values = (("power_kw", round(power, 2)), ("energy_kwh", wh / 1000),
                   ("voltage_v", volts), ("current_a", round(power * 1000 / volts, 2)),
                   ("soc_pct", round(soc, 1)))
         readings = tuple(Reading(self.device_id, m, t, v, 0, seq) for m, v in values)
         batch = RecordBatch(self.device_id, 0, readings=readings)
-        return Uplink(self.device_id, self.topic, meter_call(seq, readings, 1, session), batch, t)
+        transaction = int(session.rsplit("-", 1)[1])
+        payload = meter_call(seq, readings, 1, transaction, energy_unit="Wh")
+        return Uplink(self.device_id, self.topic, payload, batch, t)
 
     def _heartbeat(self, t: int) -> Uplink:
-        payload = call(self._next_seq(), "Heartbeat", {"timestamp": iso_ms(t)})
+        """``Heartbeat.req`` is an empty object: storage marks the pile seen at the received time."""
+        payload = call(self._next_seq(), "Heartbeat", {})
         return Uplink(self.device_id, self.topic, payload, None, t,
-                      recipe=partial(_heartbeat_batch, self.device_id, t))
+                      recipe=partial(_heartbeat_batch, self.device_id))
 
     # -- behaviour -----------------------------------------------------------
     def _life(self) -> Iterator[Uplink]:

@@ -110,6 +110,8 @@ class FaultInjector:
         payload, topic, device_id = u.payload, u.topic, u.device_id
         if fault == "clock_skew":
             delta = rng.choice((-1, 1)) * rng.randint(60, 7200) * NS
+            if not (u.batch.readings or u.batch.statuses):
+                return [u.replace(fault=fault)]  # an OCPP Heartbeat.req carries no clock to skew
             parsed = parse_uplink_topic(u.topic)
             kind = parsed[0] if parsed else ""
             shifted = shift_batch(u.batch, delta)

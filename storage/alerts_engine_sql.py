@@ -38,6 +38,7 @@ class TransitionIn:
     flapping: bool
     suppressed: str | None
     reason: str = ""
+    actor: str = "engine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ _OPEN = """INSERT INTO alerts (rule_id, device_id, site_id, condition, metric, s
 _UPDATE = """UPDATE alerts SET state = %(to)s, grade = %(grade)s, value = %(value)s,
         fired_at = CASE WHEN %(to)s = 'firing' THEN coalesce(fired_at, %(t)s) ELSE fired_at END,
         resolved_at = CASE WHEN %(to)s = 'resolved' THEN %(t)s END,
+        resolved_by = CASE WHEN %(to)s = 'resolved' AND %(actor)s <> 'engine' THEN %(actor)s END,
         acknowledged = acknowledged AND %(action)s <> 'escalated',
         acknowledged_by = CASE WHEN %(action)s = 'escalated' THEN NULL ELSE acknowledged_by END,
         acknowledged_at = CASE WHEN %(action)s = 'escalated' THEN NULL ELSE acknowledged_at END,
@@ -70,7 +72,7 @@ _UPDATE = """UPDATE alerts SET state = %(to)s, grade = %(grade)s, value = %(valu
 
 _TRANSITION = """INSERT INTO alert_transitions (alert_id, seq, action, from_state, to_state, grade,
         acknowledged, value, device_time, actor, reason)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'engine', %s) RETURNING transition_id"""
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING transition_id"""
 
 
 async def record_transition(conn: Conn, t: TransitionIn) -> TransitionOut:
@@ -90,13 +92,13 @@ async def record_transition(conn: Conn, t: TransitionIn) -> TransitionOut:
     if row is None:
         cur = await conn.execute(_UPDATE, {
             "to": t.to_state, "grade": t.grade, "value": t.value, "t": t.device_time, "action": t.action,
-            "flapping": t.flapping, "suppressed": t.suppressed, "id": alert_id})
+            "flapping": t.flapping, "suppressed": t.suppressed, "id": alert_id, "actor": t.actor})
         row = await cur.fetchone()
         if row is None:
             return TransitionOut(alert_id, 0, 0, False, None, gone=True)
     alert_id, seq, acknowledged, incident_id = int(row[0]), int(row[1]), bool(row[2]), row[3]
     cur = await conn.execute(_TRANSITION, (alert_id, seq, t.action, t.from_state, t.to_state, t.grade,
-                                           acknowledged, t.value, t.device_time, t.reason))
+                                           acknowledged, t.value, t.device_time, t.actor, t.reason))
     trow = await cur.fetchone()
     assert trow is not None
     return TransitionOut(alert_id, int(trow[0]), seq, acknowledged, incident_id)
@@ -249,3 +251,70 @@ async def unpublished(conn: Conn, limit: int = 1000) -> list[dict[str, Any]]:
 async def mark_published(conn: Conn, transition_ids: Sequence[int]) -> None:
     await conn.execute("UPDATE alert_transitions SET published_at = now() WHERE transition_id = ANY(%s)",
                        (list(transition_ids),))
+
+
+async def resolve_rules_gone(conn: Conn, enabled_rule_ids: Sequence[str], reason: str) -> None:
+    """Resolve the open alerts of rules not among ``enabled_rule_ids`` (removed or disabled),
+    each with a transition by 'system', and close the incidents left without open members."""
+    cur = await conn.execute(
+        """WITH gone AS (
+               SELECT alert_id, state FROM alerts
+               WHERE state <> 'resolved' AND rule_id <> ALL(%(ids)s::text[]) FOR UPDATE),
+           closed AS (
+               UPDATE alerts a SET state = 'resolved', resolved_at = now(), last_seq = a.last_seq + 1,
+                      updated_at = now(), resolved_by = 'system'
+               FROM gone WHERE a.alert_id = gone.alert_id
+               RETURNING a.alert_id, a.last_seq, gone.state AS from_state, a.grade, a.acknowledged,
+                         a.value, a.incident_id),
+           recorded AS (
+               INSERT INTO alert_transitions (alert_id, seq, action, from_state, to_state, grade,
+                   acknowledged, value, device_time, actor, reason)
+               SELECT alert_id, last_seq, CASE WHEN from_state = 'pending' THEN 'cancelled'
+                      ELSE 'resolved' END, from_state, 'resolved', grade, acknowledged, value, now(),
+                      'system', %(reason)s FROM closed
+               RETURNING alert_id)
+           SELECT DISTINCT c.incident_id FROM closed c JOIN recorded r USING (alert_id)
+           WHERE c.incident_id IS NOT NULL""", {"ids": list(enabled_rule_ids), "reason": reason})
+    incidents = [int(r[0]) for r in await cur.fetchall()]
+    for incident_id in incidents:
+        await close_incident_if_done(conn, incident_id)
+
+
+async def lock_counters(conn: Conn, keys: Sequence[str]) -> dict[str, bytes]:
+    """The engine-wide counter rows (partition -1) of ``keys``, locked for this transaction."""
+    cur = await conn.execute(
+        "SELECT device_id, state FROM alert_device_state WHERE device_id = ANY(%s) AND partition = -1"
+        " ORDER BY device_id FOR UPDATE", (list(keys),))
+    return {str(k): bytes(v) for k, v in await cur.fetchall()}
+
+
+async def load_counters(conn: Conn, prefix: str) -> dict[str, bytes]:
+    cur = await conn.execute(
+        "SELECT device_id, state FROM alert_device_state WHERE partition = -1 AND starts_with(device_id, %s)",
+        (prefix,))
+    return {str(k): bytes(v) for k, v in await cur.fetchall()}
+
+
+async def enqueue_into_batch(conn: Conn, batch: OutboxIn) -> bool:
+    """Add a group batch row's notifications to the pending row of the same key (or make it).
+    False if that row already left (delivered, parked or attempted): the caller sends alone."""
+    cur = await conn.execute(
+        """INSERT INTO alert_outbox (receiver, device_id, idempotency_key, payload, next_attempt_at)
+           VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))
+           ON CONFLICT (receiver, idempotency_key) DO UPDATE SET payload = jsonb_set(jsonb_set(
+                   alert_outbox.payload, '{notifications}',
+                   (alert_outbox.payload->'notifications') || (excluded.payload->'notifications')),
+               '{idempotency_keys}',
+               (alert_outbox.payload->'idempotency_keys') || (excluded.payload->'idempotency_keys'))
+           WHERE alert_outbox.state = 'pending' AND alert_outbox.attempts = 0
+             AND NOT (alert_outbox.payload->'idempotency_keys') @> (excluded.payload->'idempotency_keys')
+           RETURNING outbox_id""",
+        (batch.receiver, batch.device_id, batch.idempotency_key, Jsonb(batch.payload), batch.delay_s))
+    if await cur.fetchone() is not None:
+        return True
+    cur = await conn.execute(  # a replay: the notification may be in that row already
+        """SELECT payload->'idempotency_keys' @> %s FROM alert_outbox
+           WHERE receiver = %s AND idempotency_key = %s""",
+        (Jsonb(batch.payload["idempotency_keys"]), batch.receiver, batch.idempotency_key))
+    row = await cur.fetchone()
+    return bool(row and row[0])

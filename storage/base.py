@@ -28,6 +28,9 @@ class WriteResult:
     readings_inserted: int
     statuses_inserted: int = 0
     health_inserted: int = 0
+    # readings whose (device, metric, time) was stored already, or came twice, with another
+    # value: the first stored wins (insert-or-ignore), these are only counted
+    readings_conflicting: int = 0
 
 
 class Sink(Protocol):

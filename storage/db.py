@@ -15,6 +15,9 @@ from storage.exceptions import StorageUnavailableError
 Conn: TypeAlias = psycopg.AsyncConnection[Any]
 Query: TypeAlias = sql.SQL | sql.Composed
 
+# The exception classes that are usually transient, for ``except`` clauses (the alert engine
+# uses them). Too wide for records: psycopg files SQLSTATE class 54 (program limit exceeded)
+# under OperationalError too; where records meet the database, decide with ``is_transient``.
 TRANSIENT = (
     psycopg.OperationalError,
     psycopg.errors.SerializationFailure,
@@ -22,6 +25,48 @@ TRANSIENT = (
     psycopg.errors.LockNotAvailable,
     psycopg.errors.AdminShutdown,
 )
+
+# SQLSTATE classes that describe the server's or the connection's state, not the statement's
+# data: trying the same statement again later may succeed.
+_TRANSIENT_CLASSES = frozenset({
+    "08",  # connection exception
+    "40",  # transaction rollback: serialization failure, deadlock
+    "53",  # insufficient resources: disk full, out of memory, too many connections
+    "57",  # operator intervention: admin/crash shutdown, cannot connect now, query cancelled
+    "58",  # system error: I/O error
+})
+_TRANSIENT_STATES = frozenset({"55P03", "55006"})  # lock not available, object in use
+# Classes where the records themselves are at fault: the same records will never be accepted.
+_REFUSED_CLASSES = frozenset({
+    "22",  # data exception: bad value, NUL in text, out of range
+    "23",  # integrity constraint violation (duplicates are handled before they get here)
+    "54",  # program limit exceeded: e.g. a key too large for its btree index (SQLSTATE 54000)
+})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same operation may succeed if tried again later.
+
+    Decided by SQLSTATE, not by psycopg's exception class: psycopg files class 54
+    (program limit exceeded, e.g. an index row too large) under ``OperationalError``
+    beside connection failures, and counting it as transient made the writer retry a
+    batch holding one over-long device id forever. An ``OperationalError`` without a
+    SQLSTATE comes from the client side (the connection broke) and is transient.
+    """
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+
+
+def is_refused(exc: BaseException) -> bool:
+    """Whether the database refused the records for what they contain (never transient)."""
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return state is not None and state[:2] in _REFUSED_CLASSES
 
 
 class _Checks:

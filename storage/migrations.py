@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from storage import alerts_schema, apikeys, schema, timescale
+from storage import alerts_schema, apikeys, audit, schema, timescale
 from storage.db import Conn, Query
 from storage.exceptions import SchemaTooOldError
 from storage.schema import POSTGRES, TIMESCALE, Backend
@@ -64,6 +64,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "alert rules, alerts, transitions, incidents, silences, engine state, outbox",
               lambda ctx: [sql.SQL(ddl) for ddl in alerts_schema.ALERTS_DDL]),
     Migration(7, "API keys", lambda ctx: [sql.SQL(ddl) for ddl in apikeys.APIKEYS_DDL]),
+    Migration(8, "audit trail of consumer offsets moved by an operator",
+              lambda ctx: [sql.SQL(ddl) for ddl in audit.DDL]),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version

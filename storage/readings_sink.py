@@ -37,7 +37,7 @@ from storage import copy_binary as cb
 from storage import migrations, partitions
 from storage import write_sql as w
 from storage.base import WriteResult
-from storage.db import TRANSIENT, Conn, Query
+from storage.db import Conn, Query, is_refused, is_transient
 from storage.exceptions import StorageError, StorageRejectedError, StorageUnavailableError
 from storage.latest_state import PG_EPOCH_US, PendingStates
 from storage.schema import POSTGRES, ROLLUPS, Backend
@@ -91,11 +91,15 @@ class ReadingsSink:
                     # batch's partitions and write it again.
                     if attempt == 2 or "partition" not in str(exc) or self._backend != POSTGRES:
                         raise StorageRejectedError(f"write refused: {exc}") from exc
-        except TRANSIENT as exc:
-            raise StorageUnavailableError(f"write failed, will retry: {exc}") from exc
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.DataError,
-                OverflowError, ValueError) as exc:
-            # A value the database (or psycopg's binary dumper) cannot take: the records' fault.
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                raise StorageUnavailableError(f"write failed, will retry: {exc}") from exc
+            if is_refused(exc):  # e.g. SQLSTATE 54000, a device id too long for the index
+                raise StorageRejectedError(
+                    f"write refused (SQLSTATE {exc.sqlstate}): {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"write failed (SQLSTATE {exc.sqlstate}): {exc}") from exc
+        except (OverflowError, ValueError) as exc:
+            # A value psycopg's binary dumper cannot take: the records' fault.
             raise StorageRejectedError(f"write refused: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
@@ -123,7 +127,7 @@ class ReadingsSink:
                 await conn.commit()
         except BaseException as exc:
             self._pending.restore(taken)
-            if isinstance(exc, TRANSIENT):
+            if is_transient(exc):
                 raise StorageUnavailableError(f"device state flush failed, will retry: {exc}") from exc
             if isinstance(exc, psycopg.Error):  # not the records' fault: they were stored already
                 raise StorageError(f"device state flush failed: {type(exc).__name__}: {exc}") from exc
@@ -149,7 +153,7 @@ class ReadingsSink:
             if make_partitions:
                 await self._ensure_partitions(conn, rows)
             try:
-                inserted, all_new = await self._move_readings(conn, rows)
+                inserted, all_new, conflicting = await self._move_readings(conn, rows)
                 statuses = await self._move(conn, rows.statuses, w.STATUS_STATEMENT, count_query=True)
                 health = await self._move(conn, rows.health, w.HEALTH_STATEMENT, count_query=False)
                 if all_new and self._backend == POSTGRES:
@@ -164,15 +168,16 @@ class ReadingsSink:
                 with contextlib.suppress(psycopg.Error):
                     await conn.rollback()
                 raise
-        return WriteResult(rows.reading_count, inserted, statuses, health)
+        return WriteResult(rows.reading_count, inserted, statuses, health, conflicting)
 
-    async def _move_readings(self, conn: Conn, rows: WriteRows) -> tuple[int, bool]:
+    async def _move_readings(self, conn: Conn, rows: WriteRows) -> tuple[int, bool, int]:
         """The first statement of ``conn``'s transaction: the fast COPY, or on a duplicate key
         a fresh transaction that inserts through the stage and notes the dirty buckets of
-        what it inserted. Returns (readings inserted, whether the fast path stored them all)."""
+        what it inserted. Returns (readings inserted, whether the fast path stored them all,
+        conflicting duplicates met)."""
         if not rows.reading_count:
             rows.encode_rest()  # device state is complete once all is encoded
-            return 0, False
+            return 0, False, 0
         async with conn.cursor() as cur:
             try:
                 async with cur.copy(w.COPY_READINGS) as copy:
@@ -196,8 +201,8 @@ class ReadingsSink:
                 await _copy_data(cur, w.COPY_READINGS_STAGE, rows.readings)
                 await cur.execute(w.slow_readings_statement(note_dirty=self._backend == POSTGRES))
                 got = await cur.fetchone()
-                return (int(got[0]) if got else 0), False
-            return rows.reading_count, True
+                return (int(got[0]), False, int(got[1])) if got else (0, False, 0)
+            return rows.reading_count, True, 0
 
     @staticmethod
     async def _move(conn: Conn, rows: list[Row], statement: Query, *, count_query: bool) -> int:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from citysense.device_ids import DEVICE_ID_PATTERN, MAX_DEVICE_ID_LEN
 from storage.db import Conn
 
 SiteKind = Literal["bridge", "charging_station", "monitoring_point"]
@@ -32,7 +33,9 @@ class SiteIn(_Edge):
 
 
 class DeviceIn(_Edge):
-    device_id: str = Field(min_length=1)
+    # The normaliser dead-letters any other id (bad_device_id): registering one would only
+    # make a device that can never be stored.
+    device_id: str = Field(min_length=1, max_length=MAX_DEVICE_ID_LEN, pattern=DEVICE_ID_PATTERN)
     kind: str = Field(min_length=1)
     profile: str = Field(min_length=1)
     network: str = Field(min_length=1)

@@ -82,7 +82,10 @@ NOTE_DIRTY = sql.SQL(
 def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
     """Insert-or-ignore the staged readings; dirty buckets from the rows inserted.
 
-    Yields the number of rows inserted.
+    Yields the number of rows inserted, and of conflicting duplicates: staged rows whose
+    key (device, metric, time) is already stored with another value, or comes twice in
+    the stage with other values. The row stored first wins (it is never overwritten);
+    the count is only reported (the writer's ``readings_conflicting`` metric).
     """
     ctes: list[sql.Composable] = [
         sql.SQL(
@@ -97,7 +100,19 @@ def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
                    SELECT DISTINCT {name}, date_bin({width}, time, {origin}) FROM ins)"""
             ).format(cte=sql.Identifier(f"dirty_{name}"), name=sql.Literal(name),
                      width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN)))
-    return sql.SQL("WITH {} SELECT count(*) FROM ins").format(sql.SQL(",\n").join(ctes))
+    # One primary-key probe per staged row (LATERAL .. LIMIT 1): the stage, a temporary table,
+    # has no statistics, and a plain join may hash-join it with every partition of readings.
+    conflicting = sql.SQL(
+        """(SELECT count(*) FROM {stage} s, LATERAL (
+                SELECT r.value FROM readings r
+                WHERE r.device_id = s.device_id AND r.metric = s.metric AND r.time = s.time LIMIT 1) r
+             WHERE r.value IS DISTINCT FROM s.value)
+           + (SELECT coalesce(sum(n - 1), 0) FROM (
+                SELECT count(DISTINCT value) AS n FROM {stage} GROUP BY device_id, metric, time
+                HAVING count(DISTINCT value) > 1) AS twice)"""
+    ).format(stage=READINGS_STAGE)
+    return sql.SQL("WITH {} SELECT (SELECT count(*) FROM ins), {}").format(
+        sql.SQL(",\n").join(ctes), conflicting)
 
 
 STATUS_STATEMENT = sql.SQL(

@@ -40,6 +40,7 @@ class Writer:
                                    metrics=metrics, name=STAGE, checkpoint=sink.flush,
                                    checkpoint_interval_s=checkpoint_interval_s)
         self.rows_inserted = 0
+        self.readings_conflicting = 0  # same device, metric and time as a stored row, other value
 
     def request_stop(self) -> None:
         self.stage.request_stop()
@@ -62,19 +63,21 @@ class Writer:
                     dead.append((BAD_RECORD, _dead_letter(m, BAD_RECORD, f"not a record batch: {exc}", "")))
         # The sink first: its write is idempotent, a dead-letter send is not, so a retried
         # batch (transient database failure) does not dead-letter the same record twice.
-        offered, inserted = await self._write_isolating(pairs, dead)
+        offered, inserted, conflicting = await self._write_isolating(pairs, dead)
         if dead:
             await self._producer.send_batch(self._dlq_topic, [record for _, record in dead])
         self.rows_inserted += inserted
+        self.readings_conflicting += conflicting
         if self._metrics is not None:
             self._metrics.records.labels(STAGE, "readings_offered").inc(offered)
             self._metrics.records.labels(STAGE, "readings_inserted").inc(inserted)
+            self._metrics.records.labels(STAGE, "readings_conflicting").inc(conflicting)
             for reason, _ in dead:
                 self._metrics.dead_letters.labels(STAGE, reason).inc()
 
     async def _write_isolating(
         self, pairs: list[tuple[Message, RecordBatch]], dead: list[tuple[str, KeyValue]]
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """Write; if the database refuses the records themselves, bisect to the culprits.
 
         Each half is its own idempotent transaction; only the records the database
@@ -82,19 +85,19 @@ class Writer:
         and never takes its neighbours with it.
         """
         if not pairs:
-            return 0, 0
+            return 0, 0, 0
         try:
             result = await self._sink.write([b for _, b in pairs])
-            return result.readings_offered, result.readings_inserted
+            return result.readings_offered, result.readings_inserted, result.readings_conflicting
         except StorageRejectedError as exc:
             if len(pairs) == 1:
                 m, b = pairs[0]
                 dead.append((REFUSED, _dead_letter(m, REFUSED, str(exc), b.device_id)))
-                return 0, 0
+                return 0, 0, 0
             half = len(pairs) // 2
             a = await self._write_isolating(pairs[:half], dead)
             b2 = await self._write_isolating(pairs[half:], dead)
-            return a[0] + b2[0], a[1] + b2[1]
+            return a[0] + b2[0], a[1] + b2[1], a[2] + b2[2]
 
 
 def _dead_letter(m: Message, reason: str, text: str, device_id: str) -> KeyValue:

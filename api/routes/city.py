@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from api.cache import SharedCache
 from api.city_models import GridCellOut, MapOut, Overview, SiteOut, StatusCountOut
 from api.deps import ConnDep, SettingsDep, ThresholdsDep, Viewer
 from api.errors import ERRORS
@@ -93,15 +94,19 @@ async def overview(_: Viewer, settings: SettingsDep, th: ThresholdsDep, request:
 
 @router.get("/map", response_model=MapOut)
 async def city_map(
-    _: Viewer, conn: ConnDep, th: ThresholdsDep,
+    _: Viewer, conn: ConnDep, th: ThresholdsDep, settings: SettingsDep, request: Request,
     cell_deg: Annotated[float, Query(ge=0.002, le=1.0, description="grid cell size in degrees")] = 0.02,
     kind: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
 ) -> MapOut:
     """Devices counted per grid cell and status (never one point per device), and every bridge
-    with its worst open grade."""
-    cells = await api_city.status_grid(conn, th, cell_deg, kind)
-    bridges = await api_city.sites_with_grade(conn, "bridge", limit=10_000)
-    return MapOut(cell_deg=cell_deg,
-                  cells=[GridCellOut(lat=c.lat, lon=c.lon, online=c.online, late=c.late, offline=c.offline)
-                         for c in cells],
-                  bridges=[SiteOut.model_validate(b, from_attributes=True) for b in bridges])
+    with its worst open grade. Shared by all callers for ``api_map_cache_s``."""
+    async def compute() -> MapOut:
+        cells = await api_city.status_grid(conn, th, cell_deg, kind)
+        bridges = await api_city.sites_with_grade(conn, "bridge", limit=10_000)
+        return MapOut(cell_deg=cell_deg,
+                      cells=[GridCellOut(lat=c.lat, lon=c.lon, online=c.online, late=c.late,
+                                         offline=c.offline) for c in cells],
+                      bridges=[SiteOut.model_validate(b, from_attributes=True) for b in bridges])
+
+    cache: SharedCache[MapOut] = request.app.state.map_cache
+    return await cache.get((cell_deg, kind), settings.api_map_cache_s, compute)

@@ -27,7 +27,8 @@ async def run_engine(settings: AlertSettings | None = None) -> None:
         async with pool.connection() as conn:
             await migrations.require_current(conn)
         engine = AlertEngine(KafkaBus(kafka_config(settings, "citysense-alerts")), pool, settings,
-                             metrics=metrics_for(settings), group_wait_s=settings.alerts_group_wait_s)
+                             metrics=metrics_for(settings), group_wait_s=settings.alerts_group_wait_s,
+                             group_interval_s=settings.alerts_group_interval_s)
         _on_signals(engine.request_stop)
         log.info("alert engine: %s -> alerts, %s", settings.topic_readings, settings.topic_alerts)
         await engine.run()

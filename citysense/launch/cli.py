@@ -14,6 +14,7 @@ import typer
 
 from alerts.cli import alerts_app, rules_app
 from api.cli import api_command, apikey_app
+from citysense.launch.offsets import offsets_app
 from citysense.logs import install as install_log_rate_limit
 from citysense.settings import PROJECT_ROOT, CommonSettings, load_settings
 from ingest.dlq.cli import dlq_app
@@ -31,6 +32,7 @@ scenario_app = typer.Typer(help="Simulator scenarios (simulators/scenarios/*.yam
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(rules_app, name="rules"); app.add_typer(alerts_app, name="alerts")  # noqa: E702
+app.add_typer(offsets_app, name="offsets")
 app.add_typer(apikey_app, name="apikey")
 app.command("api")(api_command)
 

@@ -26,6 +26,18 @@ LOG="$LOGS/mosquitto.log"
 DEVICES_FILE="${CITYSENSE_MQTT_DEVICES_FILE:-$MDIR/devices.txt}"
 OSUSER=mosquitto           # as root, mosquitto drops to this user
 
+# --- persistence and the bridges' queue (sizing: README "Broker buffer") ------
+# Every value can be overridden from the environment, like the ports.
+AUTOSAVE_S="${CITYSENSE_MQTT_AUTOSAVE_S:-5}"                 # snapshot period (s)
+QUEUE_MESSAGES="${CITYSENSE_MQTT_QUEUE_MESSAGES:-1500000}"   # per client session
+QUEUE_BYTES="${CITYSENSE_MQTT_QUEUE_BYTES:-402653184}"       # per client session (384 MiB of payload)
+MEMORY_LIMIT="${CITYSENSE_MQTT_MEMORY_LIMIT:-1073741824}"    # whole broker heap (1 GiB)
+SYS_INTERVAL_S="${CITYSENSE_MQTT_SYS_INTERVAL_S:-5}"         # $SYS (drop counter) period
+# After a restart with persisted state, only bridges may log in until one has
+# re-made its shared subscription (at most this long; 0 = no gate).
+BRIDGE_GATE_S="${CITYSENSE_MQTT_BRIDGE_GATE_S:-30}"
+DB_FILE="$MDIR/mosquitto.db"
+
 svc_install() {
   if [ ! -x "$MOSQ" ]; then
     apt_install mosquitto
@@ -123,16 +135,15 @@ use_identity_as_username true
 use_username_as_clientid true
 # --- end tls ---
 max_inflight_messages 1000
-max_queued_messages 100000
 # Larger PUBLISH packets are refused (the client is disconnected). Well under Kafka's 1 MiB
 # record limit: IoT payloads are small, and the normaliser refuses anything over 64 KiB anyway.
 max_packet_size 262144
-persistence false
 pid_file $PIDFILE
 log_dest file $LOG
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 connection_messages true
 EOF
+  persistence_config >>"$CONF"
   load_secrets
   local extra=()
   if [ -r "$DEVICES_FILE" ]; then extra=(--devices-file "$DEVICES_FILE"); fi
@@ -143,6 +154,72 @@ EOF
     python3 "$LOCAL_DIR/mqtt_passwd.py" --out "$PASSWD" --acl-out "$ACL" --dynsec-out "$DYNSEC" "${extra[@]}"
   fix_ownership
   ensure_tls
+}
+
+# --- persistence and the bridges' queue ----------------------------------------
+# Sessions (the bridges' queues and in-flight messages) survive a restart. The
+# snapshot is written on a clean stop and every $AUTOSAVE_S seconds: a crash
+# (SIGKILL, power loss) loses what was acknowledged to devices since the last
+# snapshot and not yet handed to a bridge. Past the per-session caps the broker
+# drops messages for that session (counted in $SYS/broker/publish/messages/
+# dropped, exported by the bridge); past memory_limit it refuses publishes
+# (MQTT 5 devices get no PUBACK and re-send).
+persistence_config() {
+  cat <<EOF
+# --- persistence and the bridges' queue (deploy/local/README.md "Broker buffer") ---
+persistence true
+persistence_location $MDIR/
+persistence_file $(basename "$DB_FILE")
+autosave_interval $AUTOSAVE_S
+autosave_on_changes false
+max_queued_messages $QUEUE_MESSAGES
+max_queued_bytes $QUEUE_BYTES
+memory_limit $MEMORY_LIMIT
+sys_interval $SYS_INTERVAL_S
+log_type error
+log_type warning
+log_type notice
+log_type information
+log_type subscribe
+EOF
+}
+
+# Mosquitto 2.0.11 (Debian 12) persists sessions and their queues but not
+# shared subscriptions (fixed upstream in 2.0.19). Until a bridge has
+# subscribed again, an uplink would match nothing and be acknowledged and
+# dropped. So a broker restarted with persisted state lets only the bridge
+# account log in (devices are refused and retry) until its log shows a shared
+# subscription to the uplink topics, then loads the full password file.
+GATED=0
+gate_close() {
+  GATED=0
+  # Only when a bridge session was persisted (its account name is in the snapshot).
+  [ "$BRIDGE_GATE_S" -gt 0 ] && grep -qa citysense-bridge "$DB_FILE" 2>/dev/null || return 0
+  cp -p "$PASSWD" "$PASSWD.open"
+  grep '^citysense-bridge:' "$PASSWD.open" >"$PASSWD" || true
+  fix_ownership
+  GATE_LOG_FROM=$(($(stat -c %s "$LOG" 2>/dev/null || echo 0) + 1))
+  GATED=1
+  info "mosquitto: persisted state found; devices wait until a bridge has subscribed (at most ${BRIDGE_GATE_S}s)"
+}
+
+gate_open() {
+  [ "$GATED" -eq 1 ] || return 0
+  local i pid
+  for ((i = 0; i < BRIDGE_GATE_S * 10; i++)); do
+    if tail -c "+$GATE_LOG_FROM" "$LOG" 2>/dev/null | grep -qE ' [$]share/[^/ ]+/devices/'; then
+      break
+    fi
+    sleep 0.1
+  done
+  if ((i >= BRIDGE_GATE_S * 10)); then
+    warn "mosquitto: no bridge subscribed within ${BRIDGE_GATE_S}s; letting devices in anyway (uplinks that match no subscription are lost)"
+  fi
+  mv -f "$PASSWD.open" "$PASSWD"
+  fix_ownership
+  pid=$(pid_alive "$PIDFILE" mosquitto) && kill -HUP "$pid"
+  GATED=0
+  info "mosquitto: devices let in"
 }
 
 svc_up() {
@@ -168,6 +245,7 @@ svc_up() {
   svc_install
   ensure_dirs
   write_config
+  gate_close
   rm -f "$PIDFILE"
   info "mosquitto: starting on 127.0.0.1:$MQTT_PORT"
   # -d daemonises (and detaches from our stdio); the pid file is written by it.
@@ -181,6 +259,7 @@ svc_up() {
   is_up || { tail -n 30 "$LOG" >&2; die "mosquitto: not answering on port $MQTT_PORT (log: $LOG)"; }
   write_env_file
   info "mosquitto: up (port $MQTT_PORT)"
+  gate_open
 }
 
 svc_down() {

@@ -57,6 +57,9 @@ SERVICE_USERS = {
 DEFAULT_DEVICES = [f"air-{i:04d}" for i in range(100)]
 SECRET_NAMES = (*SERVICE_USERS.values(), "CITYSENSE_DEVICE_SECRET")
 
+# The device-id rule of citysense/device_ids.py (stdlib only, so this tool may import it).
+from citysense.device_ids import MAX_DEVICE_ID_LEN  # noqa: E402
+from citysense.device_ids import is_valid_device_id as valid_device_id  # noqa: E402
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -102,6 +105,10 @@ def read_devices(path: str | None) -> dict[str, str]:
             if not fields or fields[0].startswith("#"):
                 continue
             dev = fields[-1]
+            # a long id stalls storage (PostgreSQL refuses index entries over ~2.7 kB).
+            if not valid_device_id(dev):
+                sys.exit(f"error: invalid device id {dev[:80]!r} in {path}: at most "
+                         f"{MAX_DEVICE_ID_LEN} ASCII letters, digits, '.', '_' or '-'")
             kind = fields[0] if len(fields) == 2 else kind_of(dev)
             # ':' separates user from hash; '+', '#', '/' would break the ACL and topics.
             if len(fields) > 2 or any(c in dev for c in ":+#/") or not kind or any(c in kind for c in "+#/"):

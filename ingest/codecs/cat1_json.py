@@ -6,9 +6,18 @@ Wire form (one sample per uplink; Cat1 devices stay connected and report often):
 
 ``ts`` is the device clock in milliseconds since the Unix epoch; ``seq`` is
 the device's uplink counter (0..2**32-1), used for deduplication.
+
+A key given twice (``{"pm25": 1, "pm25": 2}``): the last value wins, as in most
+JSON parsers (RFC 8259 leaves it open), and when the values differ the codec
+counts a conflict (``conflicts``; the normaliser reports ``conflicting_duplicates``).
+Finding them costs one byte count per uplink: only when the number of ``:`` in
+the payload differs from the number of keys decoded is it parsed again to look.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import msgspec
 
@@ -60,8 +69,31 @@ class JsonTemplate:
         return (self._fmt % (ts_ms, *values, seq)).encode()
 
 
+def conflicting_keys(payload: bytes) -> int:
+    """How many keys of the JSON document repeat an earlier key of their object with another value."""
+    conflicts = 0
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal conflicts
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen and seen[key] != value:
+                conflicts += 1
+            seen[key] = value
+        return seen
+
+    try:
+        json.loads(payload, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return 0
+    return conflicts
+
+
 class Cat1JsonCodec:
     name = "cat1-json"
+
+    def __init__(self) -> None:
+        self.conflicts = 0  # keys given twice with different values (the last wins)
 
     def encode(self, batch: RecordBatch) -> bytes:
         if not batch.readings:
@@ -87,6 +119,8 @@ class Cat1JsonCodec:
             return DecodeError(MALFORMED, f"seq must be a u32 uplink counter, got {body.seq}")
         if len(body.m) > MAX_RECORDS_PER_UPLINK:
             return DecodeError(OVERSIZE, f"{len(body.m)} readings in one uplink")
+        if payload.count(b":") != 2 + (body.seq != -1) + len(body.m):  # a repeated key, or extras
+            self.conflicts += conflicting_keys(payload)
         time_ns = body.ts * 1_000_000
         readings = tuple(
             Reading(device_id, metric, time_ns, value, received_ns, body.seq)

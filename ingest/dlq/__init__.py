@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ingest.dlq.core import (
+    BAD_DEVICE_ID,
     BAD_ENVELOPE,
     BAD_TOPIC,
     INTERNAL_ERROR,
@@ -22,7 +23,8 @@ from ingest.dlq.core import (
 )
 
 __all__ = [
-    "BAD_ENVELOPE", "BAD_TOPIC", "INTERNAL_ERROR", "KIND_MISMATCH", "MAX_ORIGINAL_BYTES", "STAGE",
+    "BAD_DEVICE_ID", "BAD_ENVELOPE", "BAD_TOPIC", "INTERNAL_ERROR", "KIND_MISMATCH",
+    "MAX_ORIGINAL_BYTES", "STAGE",
     "UNKNOWN_DEVICE", "UNKNOWN_PROFILE", "ReplayResult", "ScanResult", "dead_letter", "matching",
     "original_envelope", "replay", "scan", "stats",
 ]

@@ -33,6 +33,7 @@ UNKNOWN_PROFILE = "unknown_profile"
 UNKNOWN_DEVICE = "unknown_device"
 KIND_MISMATCH = "kind_mismatch"
 INTERNAL_ERROR = "internal_error"
+BAD_DEVICE_ID = "bad_device_id"  # too long, or characters outside citysense.device_ids
 
 # Kafka refuses messages above ~1 MiB; a dead letter must always fit.
 MAX_ORIGINAL_BYTES = 256 * 1024

@@ -63,11 +63,12 @@ async def register(database_url: str, devices: Sequence[tuple[str, str, str | No
 
 class Harness:
     def __init__(self, bus: KafkaBus, settings: AlertSettings, clock: FakeClock | None = None,
-                 group_wait_s: float = 0.0) -> None:
+                 group_wait_s: float = 0.0, group_interval_s: float = 0.0) -> None:
         self.bus = bus
         self.s = settings
         self.clock = clock or FakeClock()
         self.group_wait_s = group_wait_s
+        self.group_interval_s = group_interval_s
         self.sent = 0
         self._base = 0
 
@@ -76,7 +77,7 @@ class Harness:
         self.url = self.s.database_url.get_secret_value()
         self.pool = await open_pool(self.url, max_size=3)
         self.engine = AlertEngine(self.bus, self.pool, self.s, clock=self.clock, tick_s=0.05,
-                                  group_wait_s=self.group_wait_s)
+                                  group_wait_s=self.group_wait_s, group_interval_s=self.group_interval_s)
         self.task = asyncio.create_task(self.engine.run())
         deadline = time.monotonic() + 30
         while not self.engine.stage.consumer.assignment():

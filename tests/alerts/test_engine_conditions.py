@@ -112,3 +112,36 @@ async def test_the_default_rule_pack_runs_on_the_seeds_kinds(
     assert ("rain-3h", "rain-0001", "fired", 2) in got  # 60 mm in 3 h: orange rainstorm signal
     assert ("rain-6h", "rain-0001", "fired", 3) in got
     assert ("device-low-battery", "env-0001", "fired", 3) in got  # 3.25 V: yellow
+
+
+TIMED = """
+rules:
+  - id: faulted
+    name: connector faulted
+    selector: {kind: [charger]}
+    condition: {type: state_duration, states: [Faulted, Unavailable]}
+    grades: {yellow: 120, red: 600}
+    for: 30s
+"""
+
+
+async def test_a_charger_fault_escalates_on_its_own_deadline(
+        pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
+    """The charger says Faulted once and then nothing: the alert still goes pending, fires and
+    escalates at its moments (injected clock), not at an uplink that never comes."""
+    s = alert_settings(pipeline_settings, database)
+    await setup(kafka_bus, s, TIMED)
+    async with Harness(kafka_bus, s) as h:
+        await h.send([RecordBatch("charger-0001", T0, statuses=(Status("charger-0001", 1, T0, "Faulted"),))])
+        sec = MIN // 60
+        for t in (119, 121, 150, 151, 599, 601):
+            await h.advance(T0 + t * sec)
+        got = [(a, g, round(v or 0), (t - T0) // sec) for _, _, a, g, v, t in await transitions(database)]
+        assert got == [("pending", 3, 121, 121), ("fired", 3, 151, 151), ("escalated", 1, 601, 601)]
+        back = T0 + 11 * MIN
+        available = Status("charger-0001", 1, back, "Available")
+        await h.send([RecordBatch("charger-0001", back, statuses=(available,))])
+        h.clock.now_ns = back
+        await h.advance(T0 + 60 * MIN)
+        assert [a for _, _, a, *_ in await transitions(database)][-1] == "resolved"
+    assert await scalar(database, "SELECT count(*) FROM alerts WHERE state <> 'resolved'") == 0

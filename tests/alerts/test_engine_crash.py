@@ -73,7 +73,8 @@ def start(s: CommonSettings, database: str, group: str) -> subprocess.Popen[byte
            "CITYSENSE_TOPIC_DLQ": s.topic_dlq, "CITYSENSE_TOPIC_ALERTS": s.topic_alerts,
            "CITYSENSE_READINGS_PARTITIONS": str(s.readings_partitions), "CITYSENSE_ALERTS_GROUP": group,
            "CITYSENSE_ALERTS_MAX_RECORDS": "20", "CITYSENSE_ALERTS_CHECKPOINT_INTERVAL_S": "0",
-           "CITYSENSE_ALERTS_GROUP_WAIT_S": "0"}
+           "CITYSENSE_ALERTS_GROUP_WAIT_S": "0",
+           "CITYSENSE_ALERTS_GROUP_INTERVAL_S": "0"}
     env.pop("CITYSENSE_METRICS_PORT", None)
     return subprocess.Popen([sys.executable, "-m", "citysense", "alerts", "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -25,7 +25,7 @@ from brokers.kafka import KafkaBus
 from citysense.records import Reading, RecordBatch
 from citysense.settings import CommonSettings
 from storage import alert_rules_store
-from tests.alerts.harness import T0, Harness, alert_settings, scalar, setup
+from tests.alerts.harness import NS, T0, Harness, alert_settings, scalar, setup
 from tests.alerts.test_engine_notifications import SECRET, rules
 
 pytestmark = pytest.mark.services
@@ -106,3 +106,27 @@ async def test_a_rules_rate_limit_holds_back_notifications_beyond_it(
     assert await scalar(database, "SELECT count(*) FROM alerts WHERE state = 'firing'") == 5
     assert await scalar(database, "SELECT count(*) FROM alert_outbox") == 2
     assert await scalar(database, "SELECT count(*) FROM alerts WHERE suppressed = 'rate_limited'") == 3
+
+
+async def test_rate_limit_counters_survive_a_restart(
+        pipeline_settings: CommonSettings, kafka_bus: KafkaBus, database: str) -> None:
+    s = alert_settings(pipeline_settings, database)
+    grades = "    grades: {yellow: 75, red: 150}\n"
+    limit = "    rate_limit: {count: 2, per: 1h}\n"
+    limited = rules("http://127.0.0.1:9/hook").replace(grades, grades + limit)
+    await setup(kafka_bus, s, limited)
+
+    def fire(i: int, t: int) -> RecordBatch:
+        return RecordBatch(f"air-{i:04d}", t, (Reading(f"air-{i:04d}", "pm25", t, 80.0, t),))
+
+    async with Harness(kafka_bus, s) as h:
+        await h.send([fire(i, T0) for i in range(2)])
+    assert await scalar(database, "SELECT count(*) FROM alert_outbox") == 2
+    async with Harness(kafka_bus, s) as h:  # a new engine: the hour's two notifications still count
+        h.clock.now_ns = T0 + 59 * 60 * NS
+        await h.send([fire(i, T0) for i in range(2, 4)])
+        assert await scalar(database, "SELECT count(*) FROM alert_outbox") == 2
+        h.clock.now_ns = T0 + 61 * 60 * NS  # the window has passed
+        await h.send([fire(4, T0)])
+    assert await scalar(database, "SELECT count(*) FROM alert_outbox") == 3
+    assert await scalar(database, "SELECT count(*) FROM alerts WHERE suppressed = 'rate_limited'") == 2

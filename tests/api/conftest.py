@@ -86,9 +86,9 @@ def api(service_env: ServiceEnv) -> Iterator[Api]:
         county = asyncio.run(populate(db_url))
         port = _free_port()
         settings = ApiSettings(database_url=db_url, kafka_bootstrap=service_env.kafka_bootstrap,
-                               api_port=port,
-                               api_rate_per_s=1000, api_rate_burst=5000, api_overview_cache_s=0,
-                               api_sse_ping_s=1, api_key_cache_s=0, **topics)
+                               api_port=port, api_rate_per_s=1000, api_rate_burst=5000,
+                               api_overview_cache_s=0, api_map_cache_s=0, api_sse_ping_s=1,
+                               api_key_cache_s=0, **topics)
         app = create_app(settings)
         with ServerThread(app, port):
             yield Api(f"http://127.0.0.1:{port}", db_url, county, settings, app)

@@ -111,5 +111,13 @@ async def test_dashboard_live_in_chromium(api: Api, service_env: ServiceEnv, tmp
             await page.screenshot(path=str(shot), full_page=True)
             assert _png_size(shot)[0] == 1400 and shot.stat().st_size > 20_000
             assert errors == []
+
+            viewer = await browser.new_page()  # a viewer sees the alerts but no button to acknowledge
+            await viewer.goto(api.url)
+            await viewer.fill("#key", api.county.tokens["viewer"])
+            await viewer.click("#keysave")
+            await viewer.wait_for_selector("#alerts tbody tr")
+            assert await viewer.locator("#alerts button.ack").count() == 0
+            assert await viewer.locator("#alerts tbody tr").count() == 4
         finally:
             await browser.close()

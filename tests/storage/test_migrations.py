@@ -71,7 +71,8 @@ async def test_a_too_old_schema_is_refused_with_a_clear_message(empty_database: 
         expected = rf"version 1, this code needs {migrations.REQUIRED_VERSION}: run `citysense db migrate`"
         with pytest.raises(SchemaTooOldError, match=expected):
             await migrations.require_current(conn)
-        assert await migrations.migrate(conn) == [m.version for m in migrations.MIGRATIONS][1:]  # finishes
+        # and migrating finishes the job
+        assert await migrations.migrate(conn) == [m.version for m in migrations.MIGRATIONS][1:]
         await migrations.require_current(conn)
 
 

@@ -292,3 +292,23 @@ async def test_a_flush_the_database_refuses_fails_for_good_and_keeps_the_state(p
     async with pg_store.pool.connection() as conn:
         cur = await conn.execute("SELECT metric, value FROM latest_readings")
         assert await cur.fetchall() == [("pm25", 1.0)]
+
+
+async def test_conflicting_duplicates_are_counted_and_the_first_stored_wins(pg_store: Store) -> None:
+    """Issue 12, finding 10: same device, metric and time with another value is no longer silent."""
+    first = await pg_store.sink.write([uplink("air-1", T0, {"pm25": 1.0, "pm10": 2.0})])
+    assert first.readings_conflicting == 0
+    # A re-delivery (same values) is no conflict; another value for pm25 is one.
+    again = await pg_store.sink.write([uplink("air-1", T0, {"pm25": 1.0, "pm10": 2.0})])
+    assert (again.readings_inserted, again.readings_conflicting) == (0, 0)
+    other = await pg_store.sink.write([uplink("air-1", T0, {"pm25": 9.0, "pm10": 2.0})])
+    assert (other.readings_inserted, other.readings_conflicting) == (0, 1)
+    # Two uplinks of one write disagreeing with each other: the first of the batch is stored.
+    later = T0 + timedelta(minutes=1)
+    both = await pg_store.sink.write(
+        [uplink("air-2", later, {"pm25": 3.0}), uplink("air-2", later, {"pm25": 4.0})])
+    assert (both.readings_inserted, both.readings_conflicting) == (1, 1)
+    async with pg_store.pool.connection() as conn:
+        cur = await conn.execute("SELECT device_id, metric, value FROM readings ORDER BY 1, 2")
+        assert await cur.fetchall() == [
+            ("air-1", "pm10", 2.0), ("air-1", "pm25", 1.0), ("air-2", "pm25", 3.0)]

@@ -109,3 +109,53 @@ async def test_records_the_database_refuses_are_dead_lettered_alone_and_never_st
     letters = [decode_dead_letter(m.value) for msgs in got.values() for m in msgs]
     assert sorted((d.reason_code, d.device_id, d.source_offset) for d in letters) == [
         ("refused_by_database", "air-2", 28), ("refused_by_database", "ev-1", 13)]
+
+
+def _incompressible_id(n: int) -> str:
+    """A device id PostgreSQL cannot compress below the btree entry limit (~2.7 kB)."""
+    import random
+    import string
+
+    rng = random.Random(n)
+    return "air-" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+async def test_a_device_id_too_long_for_the_index_is_dead_lettered_not_retried_forever(
+    pg_store: Store,
+) -> None:
+    """Issue 12, finding 1: PostgreSQL refuses a ~3 kB key (SQLSTATE 54000, program limit
+    exceeded). It is not transient: the writer must bisect it out, store its neighbours once and
+    commit, instead of retrying the whole batch forever."""
+    bus = MemoryBus()
+    await bus.create_topics([TopicSpec("readings", 2), TopicSpec("dlq", 1)])
+    producer = bus.producer()
+    await producer.start()
+    long_id = _incompressible_id(3000)
+    good = [uplink(f"air-{d}", T0 + i * timedelta(minutes=1), {"pm25": float(i)})
+            for d in range(3) for i in range(20)]
+    bad = uplink(long_id, T0, {"pm25": 1.0})
+    stream = [*good[:31], bad, *good[31:]]
+    await producer.send_batch("readings", [(b.device_id.encode(), encode(b)) for b in stream])
+    writer = Writer(bus, pg_store.sink, readings_topic="readings", dlq_topic="dlq", group="w",
+                    max_records=500, checkpoint_interval_s=0.05)
+    writer.stage._retry_backoff_s = 0.0
+    task = asyncio.create_task(writer.run())
+    async with asyncio.timeout(30):
+        while writer.stage.records_committed < len(stream) and not task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    writer.request_stop()
+    await task
+
+    assert writer.stage.records_committed == len(stream)
+    assert sum(bus.committed("w").values()) == len(stream)
+    async with pg_store.pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*), count(DISTINCT (device_id, metric, time)) FROM readings")
+        assert await cur.fetchone() == (len(good), len(good))
+    consumer = bus.consumer(["dlq"], "inspect")
+    await consumer.start()
+    got = await consumer.getmany(100, 10)
+    await consumer.stop()
+    letters = [decode_dead_letter(m.value) for msgs in got.values() for m in msgs]
+    assert [(d.reason_code, d.stage, d.device_id) for d in letters] == [
+        ("refused_by_database", "write", long_id)]
+    assert "54000" in letters[0].message or "index row" in letters[0].message

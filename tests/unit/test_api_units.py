@@ -85,3 +85,30 @@ def test_tokens_split_and_hash() -> None:
         assert split_token(bad) is None
     assert hash_secret("s") == hash_secret("s") != hash_secret("t")
     assert len(hash_secret("s")) == 64
+
+
+async def test_shared_cache_computes_once_per_key_and_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from api.cache import SharedCache
+
+    now = [0.0]
+    monkeypatch.setattr("api.cache.time.monotonic", lambda: now[0])
+    calls: list[str] = []
+
+    async def compute(key: str) -> str:
+        calls.append(key)
+        await asyncio.sleep(0)  # yield (not a timer: the loop clock is the patched one)
+        return f"{key}{len(calls)}"
+
+    cache: SharedCache[str] = SharedCache(max_entries=2)
+    got = await asyncio.gather(*(cache.get("a", 10, lambda: compute("a")) for _ in range(5)))
+    assert got == ["a1"] * 5 and calls == ["a"]  # concurrent callers share one computation
+    assert await cache.get("a", 10, lambda: compute("a")) == "a1"
+    now[0] = 11
+    assert await cache.get("a", 10, lambda: compute("a")) == "a2"
+    assert await cache.get("b", 0, lambda: compute("b")) == "b3"  # ttl 0: no caching
+    assert await cache.get("b", 0, lambda: compute("b")) == "b4"
+    for key in "cde":
+        await cache.get(key, 10, lambda k=key: compute(k))  # type: ignore[misc]
+    assert len(cache._entries) <= 2

@@ -27,6 +27,9 @@ class FakeMqtt:
     def set_connection_listener(self, listener: ConnectionListener | None) -> None:
         self.listener = listener
 
+    def on_side_messages(self, topic_filter: str, handler: object) -> None:
+        return None
+
     async def start(self) -> None:
         return None
 

@@ -37,7 +37,10 @@ def test_charger_connector_and_unique_id_must_fit_their_columns() -> None:
     codec = codec_named("charger-ocpp")
     assert _reason(codec.decode("c", _status(connectorId=2**31), NOW)) == MALFORMED
     assert _reason(codec.decode("c", _status(connectorId=-1), NOW)) == MALFORMED
-    call = msgspec.json.encode([2, str(2**63), "Heartbeat", {"timestamp": "2025-11-21T04:00:00.000Z"}])
+    # uniqueId is any string of at most 36 characters (OCPP-J); only a u32 decimal becomes seq
+    call = msgspec.json.encode([2, str(2**63), "Heartbeat", {}])
+    assert _reason(codec.decode("c", call, NOW)) == "accepted"
+    call = msgspec.json.encode([2, "x" * 37, "Heartbeat", {}])
     assert _reason(codec.decode("c", call, NOW)) == MALFORMED
 
 

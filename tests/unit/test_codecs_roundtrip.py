@@ -79,8 +79,8 @@ def charger_batch(draw: st.DrawFn) -> RecordBatch:
                         draw(st.sampled_from(ERROR_CODES)), draw(st.sampled_from(("", "S-1"))),
                         draw(st.sampled_from(("", "start:Remote", "stop:EVDisconnected", "maintenance"))))
         return RecordBatch("d1", 5, statuses=(status,))
-    if which == "heartbeat":
-        return RecordBatch("d1", 5, health=(Health("d1", t),))
+    if which == "heartbeat":  # Heartbeat.req is empty: the mark is at the received time
+        return RecordBatch("d1", 5, health=(Health("d1", 5),))
     seq = draw(SEQ)
     metrics = draw(st.lists(st.sampled_from(PROFILES["charger"].metrics), min_size=1, unique=True))
     value = st.floats(0, 1e7, allow_nan=False, allow_infinity=False)
@@ -164,12 +164,12 @@ def test_charger_reason_codes() -> None:
     assert _reason(codec.decode("c", b"{not json", 0)) == MALFORMED
     assert _reason(codec.decode("c", b'[2,"1","Authorize",{}]', 0)) == UNSUPPORTED_MESSAGE
     assert _reason(codec.decode("c", b'[3,"1","Heartbeat",{}]', 0)) == UNSUPPORTED_MESSAGE
-    assert _reason(codec.decode("c", b'[2,"1","Heartbeat",{}]', 0)) == BAD_TIMESTAMP
+    assert codec.decode("c", b'[2,"1","Heartbeat",{}]', 7) == RecordBatch("c", 7, health=(Health("c", 7),))
     bad_state = b'[2,"1","StatusNotification",{"connectorId":1,"status":"Dancing",' \
                 b'"errorCode":"NoError","timestamp":"2025-01-01T00:00:00.000Z"}]'
     assert _reason(codec.decode("c", bad_state, 0)) == MALFORMED
     meter = b'[2,"1","MeterValues",{"connectorId":1,"meterValue":[{"timestamp":' \
-            b'"2025-01-01T00:00:00.000Z","sampledValue":[{"value":"1","measurand":"RPM"}]}]}]'
+            b'"2025-01-01T00:00:00.000Z","sampledValue":[{"value":"1","measurand":"Dance.Moves"}]}]}]'
     assert _reason(codec.decode("c", meter, 0)) == UNKNOWN_METRIC
 
 
