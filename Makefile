@@ -37,7 +37,10 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-demo: $(STAMP) ## run the live pipeline with a simulator until Ctrl-C
+demo: $(STAMP) ## the whole platform, embedded (no root, no services), county live until Ctrl-C
+	$(BIN)/citysense up
+
+demo-services: $(STAMP) ## the live pipeline over the local services (Kafka, PostgreSQL, Mosquitto)
 	$(BIN)/citysense demo
 
 browser: ## install Debian's chromium for the dashboard's browser test (idempotent)
@@ -55,4 +58,8 @@ BENCH_ARGS ?=
 bench: $(STAMP) services-up ## end-to-end benchmark: ramp of offered rates, table + JSON + PNG (loadtests/README.md)
 	$(BIN)/python -m loadtests.e2e $(BENCH_ARGS)
 
-.PHONY: bench help install services-up services-down services-status test test-faults lint demo clean-state
+.PHONY: bench help install services-up services-down services-status test test-faults lint demo demo-services clean-state browser api alerts-bench
+
+alerts-bench: $(STAMP) ## alert engine: readings/s and CPU per reading (100,000 devices x 5 rules), then latency
+	$(BIN)/python -m loadtests.alerts_bench
+	$(BIN)/python -m loadtests.alerts_bench --live --rate 5000 --duration 10 --crossing-every 200

@@ -43,6 +43,8 @@ class CommonSettings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1)
     # Serve Prometheus /metrics on 127.0.0.1:<port> when set (one port per process).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Address /metrics binds to; 0.0.0.0 in a container so Prometheus can scrape it.
+    metrics_host: str = "127.0.0.1"
 
     def masked(self) -> dict[str, Any]:
         """A dump safe to log: secrets (and passwords inside URLs) hidden."""

@@ -27,3 +27,15 @@ async def import_devices(url: str, text: str | bytes) -> tuple[int, int]:
 async def maintain(url: str, settings: StorageSettings) -> maintenance.MaintenanceReport:
     async with await _connect(url) as conn:
         return await maintenance.maintain(conn, settings)
+
+
+async def ensure_database(admin_url: str, name: str) -> bool:
+    """Create database ``name`` if it is missing (``citysense up``); True when it was created."""
+    from psycopg import sql
+
+    async with await _connect(admin_url) as conn:
+        cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if await cur.fetchone() is not None:
+            return False
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return True

@@ -7,7 +7,8 @@ import logging
 import subprocess
 import sys
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -257,6 +258,34 @@ def demo(devices: int = 20, rate: float = 50.0) -> None:
     started = time.monotonic()
     asyncio.run(run_demo(devices=devices, rate=rate))
     typer.echo(f"demo stopped cleanly after {time.monotonic() - started:.0f}s")
+
+
+@app.command()
+def up(
+    speed: Annotated[float | None, typer.Option(
+        help="replay speed of the scenario's last hour, then live (default 60)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="state (default .citysense-data)")] = None,
+    pg_port: Annotated[int | None, typer.Option(help="embedded PostgreSQL port (default 15432)")] = None,
+    mqtt_port: Annotated[int | None, typer.Option(help="embedded Mosquitto port (default 11883)")] = None,
+    api_port: Annotated[int | None, typer.Option(help="API and dashboard port (default 8000)")] = None,
+    verbose: bool = False,
+) -> None:
+    """The whole platform on this machine (embedded PostgreSQL, Mosquitto, in-memory bus) with
+    the county's devices live; each part uses the real service when its URL is set."""
+    from citysense.exceptions import ConfigurationError
+    from citysense.launch.up import run_up
+    from citysense.launch.up_settings import UpSettings
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given: dict[str, Any] = {"up_speed": speed, "up_data_dir": data_dir, "up_pg_port": pg_port,
+             "up_mqtt_port": mqtt_port, "up_api_port": api_port}
+    try:
+        settings = UpSettings(**{k: v for k, v in given.items() if v is not None})
+        asyncio.run(run_up(settings))
+    except ConfigurationError as exc:
+        typer.echo(f"citysense up: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

@@ -70,8 +70,8 @@ def metrics_for(settings: CommonSettings) -> Metrics:
     metrics = Metrics()
     attach_log_metrics(metrics)  # counts of logged and rate-limited warnings
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     return metrics
 
 
