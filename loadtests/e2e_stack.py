@@ -70,6 +70,7 @@ class Stack:
     shared: dict[str, str] = field(default_factory=dict)
     broker_dir: Path | None = None
     mqtt_port: int = 0
+    tls_ports: tuple[int, int] = (0, 0)
     broker: dict[str, str] = field(default_factory=dict)
     database: str = ""
     database_url: str = ""
@@ -100,8 +101,12 @@ class Stack:
 
     def _broker(self, verb: str) -> None:
         assert self.broker_dir is not None
+        # Every listener on a port the kernel just handed out: the TLS listeners' default (MQTT
+        # port + 3, + 4) may be a client's ephemeral port at that moment.
         env = {**os.environ, "CITYSENSE_STATE_DIR": str(self.broker_dir),
-               "CITYSENSE_MQTT_PORT": str(self.mqtt_port)}
+               "CITYSENSE_MQTT_PORT": str(self.mqtt_port),
+               "CITYSENSE_MQTT_TLS_PORT": str(self.tls_ports[0]),
+               "CITYSENSE_MQTT_TLS_CERT_PORT": str(self.tls_ports[1])}
         subprocess.run(["bash", str(MOSQUITTO_SH), verb], env=env, check=True, stdout=subprocess.DEVNULL)
 
     async def start(self) -> None:
@@ -110,6 +115,7 @@ class Stack:
         self.broker_dir = Path(tempfile.mkdtemp(prefix=f"cs-e2e-{self.run_id}-"))
         self.broker_dir.chmod(0o755)
         self.mqtt_port = free_port()
+        self.tls_ports = (free_port(), free_port())
         self._broker("up")
         self.broker = read_env(self.broker_dir / "env")
         base = os.environ.get("CITYSENSE_DATABASE_URL") or self.shared["CITYSENSE_DATABASE_URL"]
