@@ -1,12 +1,17 @@
 """Query API under 50 concurrent operators (locust, headless) on a populated scratch database.
 
     .venv/bin/python loadtests/api_bench.py [--devices 100000] [--series-devices 200]
-        [--hours 24] [--users 50] [--duration 60] [--alerts 2000]
+        [--hours 24] [--days 30] [--hourly-devices 10000] [--users 50] [--duration 60]
+        [--alerts 2000]
 
 Builds a scratch database: ``--devices`` registered devices spread over the county's
 districts (every one reported once, so all have latest values and a status),
-``--series-devices`` of them with one uplink a minute (six metrics) over ``--hours``,
-rollups recomputed, ``--alerts`` alerts (a quarter open). Starts ``citysense api`` as its
+``--series-devices`` of them with one uplink a minute (six metrics) over the last ``--hours``
+and, before that, one pm25 value a minute back to ``--days`` ago; ``--hourly-devices`` others
+with one pm25 value an hour over ``--days``; rollups recomputed by ``storage.rollups.refresh``
+over the whole range (so series queries read ``readings_1m`` / ``readings_1h``); ``--alerts``
+alerts (a quarter open). The history is generated inside PostgreSQL (``INSERT .. SELECT`` from
+``generate_series``, a day at a time): no Python per row, no network per row. Starts ``citysense api`` as its
 own process, runs locust's ``Operator`` users (``loadtests/api_locust.py``) against it,
 and prints requests/s and p50/p99 per request kind. The scratch database is dropped after.
 Every process shares this machine's cores: read figures as this machine's, under load.
@@ -29,11 +34,14 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from psycopg import sql
 
 from citysense.records import Reading, RecordBatch
-from storage import apikeys, migrations, registry, rollups
+from storage import apikeys, migrations, partitions, registry, rollups
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
+from storage.schema import BUCKET_ORIGIN, ROLLUPS
+from storage.settings import StorageSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests.storage_common import scratch_database, uplinks
@@ -82,12 +90,67 @@ async def populate(url: str, args: argparse.Namespace) -> str:
     finally:
         await pool.close()
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        t = time.monotonic()
+        history = await _history(conn, args, now)
+        print(f"  history: {history:,} rows in {time.monotonic() - t:.0f} s", flush=True)
+        t = time.monotonic()
         await rollups.refresh(conn, now=now + timedelta(hours=1))
+        print(f"  rollups refreshed in {time.monotonic() - t:.0f} s", flush=True)
         await _alerts(conn, args.alerts, now)
         await conn.execute("VACUUM ANALYZE")
-    print(f"populated in {time.monotonic() - started:.0f} s: {args.devices} devices, "
-          f"{args.series_devices} x {args.hours} h of 1-minute uplinks, {args.alerts} alerts")
+        counts = {}
+        for table in ("readings", "readings_1m", "readings_1h"):
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            counts[table] = (await cur.fetchone() or (0,))[0]
+    print(f"populated in {time.monotonic() - started:.0f} s: {args.devices} devices; "
+          f"{args.series_devices} x {args.hours} h of 1-minute uplinks (six metrics) and "
+          f"{args.days} days of 1-minute pm25; {args.hourly_devices} x {args.days} days of hourly "
+          f"pm25; {args.alerts} alerts; rows: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     return token
+
+
+# 1-minute pm25 for the series devices (air-..) from ``lo`` to ``hi`` (the last ``--hours`` come
+# from the sink, six metrics) and hourly pm25 for the next ``hourly`` devices (bench-..).
+_MINUTE_HISTORY = sql.SQL(
+    """INSERT INTO readings (device_id, metric, time, value, received_at)
+       SELECT 'air-' || lpad(d::text, 5, '0'), 'pm25', t, (d + extract(minute FROM t)) %% 100, t
+       FROM generate_series(0, %(series)s - 1) d,
+            generate_series(%(lo)s::timestamptz, %(hi)s::timestamptz - interval '1 minute',
+                            interval '1 minute') t""")
+_HOURLY_HISTORY = sql.SQL(
+    """INSERT INTO readings (device_id, metric, time, value, received_at)
+       SELECT 'bench-' || lpad(d::text, 6, '0'), 'pm25', t, (d + extract(hour FROM t)) %% 100, t
+       FROM generate_series(%(series)s, %(series)s + %(hourly)s - 1) d,
+            generate_series(%(lo)s::timestamptz, %(hi)s::timestamptz - interval '1 hour',
+                            interval '1 hour') t""")
+
+
+async def _history(conn: psycopg.AsyncConnection[object], args: argparse.Namespace, now: datetime) -> int:
+    """``--days`` of history, a day at a time (bounded statements), partitions made first;
+    every rollup bucket of the range is marked dirty, as the writer would have done."""
+    day = timedelta(days=1)
+    first = now - args.days * day
+    recent = now - timedelta(hours=args.hours)  # the sink already wrote (and marked) this part
+    width = StorageSettings.model_fields["chunk_interval"].default
+    await partitions.ensure(conn, "readings", [partitions.floor_time(first + i * width, width)
+                                               for i in range((now - first) // width + 2)], width)
+    hourly_devices = min(args.hourly_devices, args.devices - args.series_devices)
+    rows = 0
+    lo = partitions.floor_time(first, timedelta(hours=1))
+    while lo < now:
+        hi = min(lo + day, now)
+        params = {"series": args.series_devices, "hourly": hourly_devices, "lo": lo, "hi": min(hi, recent)}
+        if lo < recent:
+            rows += (await conn.execute(_MINUTE_HISTORY, params)).rowcount
+        params["hi"] = partitions.floor_time(hi, timedelta(hours=1))
+        rows += (await conn.execute(_HOURLY_HISTORY, params)).rowcount
+        lo = hi
+    for name, width_r in ROLLUPS.items():
+        await conn.execute(
+            "INSERT INTO rollup_dirty (rollup, bucket) SELECT %s, b FROM generate_series("
+            "date_bin(%s, %s::timestamptz, %s::timestamptz), %s::timestamptz, %s) b",
+            (name, width_r, first, BUCKET_ORIGIN, recent, width_r))
+    return rows
 
 
 def _one(device_id: str, now: datetime) -> RecordBatch:
@@ -181,6 +244,8 @@ async def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--series-devices", type=int, default=200)
     parser.add_argument("--hours", type=int, default=24)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--hourly-devices", type=int, default=10_000)
     parser.add_argument("--alerts", type=int, default=2000)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--duration", type=int, default=60)
