@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
 from api.auth import KeyCache, Principal, RateLimiter, token_digest
+from api.errors import unprocessable
 from api.live import LiveHub
 from api.settings import ApiSettings
 from storage import apikeys
@@ -55,6 +56,19 @@ def get_thresholds(settings: SettingsDep) -> Thresholds:
 
 
 ThresholdsDep = Annotated[Thresholds, Depends(get_thresholds)]
+
+
+def page_size(settings: SettingsDep, limit: Annotated[int | None, Query(ge=1)] = None) -> int:
+    """A list route's page size: ``limit``, bounded by the settings (422 beyond, not a slow query)."""
+    if limit is None:
+        return min(settings.api_page_default, settings.api_page_max)
+    if limit > settings.api_page_max:
+        raise unprocessable(["query", "limit"], f"limit may be at most {settings.api_page_max}")
+    return limit
+
+
+PageSize = Annotated[int, Depends(page_size)]
+Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")]
 
 
 async def get_principal(

@@ -17,7 +17,7 @@ from api.alert_models import (
     IncidentPage,
     TransitionOut,
 )
-from api.deps import ConnDep, Operator, SettingsDep, Viewer
+from api.deps import ConnDep, Cursor, Operator, PageSize, Viewer
 from api.errors import ERRORS, NOT_FOUND, not_found, unprocessable
 from api.live import GRADES
 from api.models import AlertOut
@@ -32,18 +32,14 @@ GradeName = Literal["red", "orange", "yellow", "blue"]
 
 @router.get("/alerts", response_model=AlertPage)
 async def list_alerts(
-    _: Viewer, conn: ConnDep, settings: SettingsDep,
+    _: Viewer, conn: ConnDep, n: PageSize,
     state: Literal["open", "pending", "firing", "resolved"] | None = None,
     grade: Annotated[GradeName | None, Query(description="this grade or more severe")] = None,
     acknowledged: bool | None = None, site: Text = None, district: Text = None, device: Text = None,
     since: AwareDatetime | None = None, until: AwareDatetime | None = None,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Cursor = None,
 ) -> AlertPage:
     """Alerts newest first; ``state=open`` means pending or firing."""
-    n = limit or settings.api_page_default
-    if n > settings.api_page_max:
-        raise unprocessable(["query", "limit"], f"limit may be at most {settings.api_page_max}")
     if since and until and until <= since:
         raise unprocessable(["query", "until"], "until must be after since")
     f = api_alerts.AlertFilter(
@@ -91,13 +87,9 @@ async def resolve(alert_id: Id, who: Operator, conn: ConnDep,
 
 @router.get("/incidents", response_model=IncidentPage)
 async def list_incidents(
-    _: Viewer, conn: ConnDep, settings: SettingsDep, state: Literal["open", "closed"] | None = None,
-    site: Text = None, limit: Annotated[int | None, Query(ge=1)] = None,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    _: Viewer, conn: ConnDep, n: PageSize, state: Literal["open", "closed"] | None = None,
+    site: Text = None, cursor: Cursor = None,
 ) -> IncidentPage:
-    n = limit or settings.api_page_default
-    if n > settings.api_page_max:
-        raise unprocessable(["query", "limit"], f"limit may be at most {settings.api_page_max}")
     rows = await alerts_store.list_incidents(conn, state=state, site_id=site,
                                              before_id=pagination.decode(cursor, int), limit=n)
     nxt = pagination.encode(rows[-1].incident_id) if len(rows) == n else None

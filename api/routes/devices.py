@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query
 
 from api import pagination
 from api.convert import device_latest, device_out, latest_values
-from api.deps import Admin, ConnDep, SettingsDep, ThresholdsDep, Viewer
+from api.deps import Admin, ConnDep, Cursor, PageSize, ThresholdsDep, Viewer
 from api.errors import ERRORS, NOT_FOUND, ErrorBody, not_found, unprocessable
 from api.models import (
     AlertOut,
@@ -32,15 +32,6 @@ latest_router = APIRouter(prefix=V1, tags=["devices"], responses=ERRORS)
 
 DeviceId = Annotated[str, Path(min_length=1, max_length=200)]
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]
-Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")]
-
-
-def _page_limit(limit: int | None, settings: SettingsDep) -> int:
-    if limit is None:
-        return min(settings.api_page_default, settings.api_page_max)
-    if limit > settings.api_page_max:
-        raise unprocessable(["query", "limit"], f"limit may be at most {settings.api_page_max}")
-    return limit
 
 
 def _filter(kind: str | None, profile: str | None, district: str | None, township: str | None,
@@ -52,14 +43,13 @@ def _filter(kind: str | None, profile: str | None, district: str | None, townshi
 
 @router.get("", response_model=DevicePage)
 async def list_devices(
-    _: Viewer, conn: ConnDep, settings: SettingsDep, th: ThresholdsDep,
+    _: Viewer, conn: ConnDep, th: ThresholdsDep, n: PageSize,
     kind: Text = None, profile: Text = None, district: Text = None, township: Text = None,
     site: Text = None, status: Literal["online", "late", "offline"] | None = None,
     q: Annotated[str | None, Query(min_length=1, max_length=100, description="part of the device id")] = None,
-    limit: Annotated[int | None, Query(ge=1)] = None, cursor: Cursor = None,
+    cursor: Cursor = None,
 ) -> DevicePage:
     """Active devices matching every filter, in device-id order, one page at a time."""
-    n = _page_limit(limit, settings)
     f = _filter(kind, profile, district, township, site, status, q)
     rows = await api_devices.list_devices(conn, f, th,
                                           after=pagination.decode(cursor, str), limit=n)
@@ -91,15 +81,14 @@ async def get_latest(device_id: DeviceId, _: Viewer, conn: ConnDep, th: Threshol
 
 @latest_router.get("/latest", response_model=LatestPage)
 async def list_latest(
-    _: Viewer, conn: ConnDep, settings: SettingsDep, th: ThresholdsDep,
+    _: Viewer, conn: ConnDep, th: ThresholdsDep, n: PageSize,
     kind: Text = None, district: Text = None, township: Text = None, site: Text = None,
     device: Annotated[list[str] | None, Query(max_length=100, description="device ids (repeat; at most 100)")]
     = None,
-    limit: Annotated[int | None, Query(ge=1)] = None, cursor: Cursor = None,
+    cursor: Cursor = None,
 ) -> LatestPage:
     """Latest values of many devices (the ids given, or those matching the filters), one page at
     a time; unknown ids are left out."""
-    n = _page_limit(limit, settings)
     if device is not None and any(not d or len(d) > 200 for d in device):
         raise unprocessable(["query", "device"], "a device id is 1 to 200 characters")
     f = DeviceFilter(kind=kind, district=district, township=township, site_id=site,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 
 from api import pagination
 from api.city_models import SiteDetail, SiteOut, SitePage
 from api.convert import device_latest
-from api.deps import ConnDep, SettingsDep, ThresholdsDep, Viewer
-from api.errors import ERRORS, NOT_FOUND, not_found, unprocessable
+from api.deps import ConnDep, Cursor, PageSize, ThresholdsDep, Viewer
+from api.errors import ERRORS, NOT_FOUND, not_found
 from api.models import AlertOut
 from api.routes import V1
 from storage import api_alerts, api_city, api_devices
@@ -23,13 +23,9 @@ SiteKind = Literal["bridge", "charging_station", "monitoring_point"]
 
 @router.get("/sites", response_model=SitePage)
 async def list_sites(
-    _: Viewer, conn: ConnDep, settings: SettingsDep, kind: SiteKind | None = None,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    _: Viewer, conn: ConnDep, n: PageSize, kind: SiteKind | None = None,
+    cursor: Cursor = None,
 ) -> SitePage:
-    n = limit or settings.api_page_default
-    if n > settings.api_page_max:
-        raise unprocessable(["query", "limit"], f"limit may be at most {settings.api_page_max}")
     rows = await api_city.sites_with_grade(conn, kind, after=pagination.decode(cursor, str), limit=n)
     nxt = pagination.encode(rows[-1].site_id) if len(rows) == n else None
     return SitePage(items=[SiteOut.model_validate(r, from_attributes=True) for r in rows], next_cursor=nxt)

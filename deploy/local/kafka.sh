@@ -125,46 +125,7 @@ format_storage() {
 # (that class lives in kafka-tools, which kafka_2.13 does not depend on), and a
 # JVM per probe would be slow anyway.
 broker_ready() {
-  python3 - "$KAFKA_PORT" <<'EOF'
-import socket, struct, sys
-
-def call(sock, api_key, version, corr, body=b""):
-    client = b"citysense-probe"
-    req = struct.pack(">hhih", api_key, version, corr, len(client)) + client + body
-    sock.sendall(struct.pack(">i", len(req)) + req)
-    def recv(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return buf
-    (size,) = struct.unpack(">i", recv(4))
-    resp = recv(size)
-    if struct.unpack(">i", resp[:4])[0] != corr:
-        raise ValueError("correlation id mismatch")
-    return resp[4:]
-
-try:
-    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3) as s:
-        s.settimeout(3)
-        if struct.unpack(">h", call(s, 18, 0, 1)[:2])[0] != 0:
-            sys.exit(1)
-        # Metadata v4: topics = [] (no topics), allow_auto_topic_creation = false
-        r = call(s, 3, 4, 2, struct.pack(">ib", 0, 0))
-        pos = 4                                  # throttle_time_ms
-        (nbrokers,) = struct.unpack_from(">i", r, pos); pos += 4
-        for _ in range(nbrokers):
-            pos += 4                             # node_id
-            (hl,) = struct.unpack_from(">h", r, pos); pos += 2 + hl + 4
-            (rl,) = struct.unpack_from(">h", r, pos); pos += 2 + max(rl, 0)
-        (cl,) = struct.unpack_from(">h", r, pos); pos += 2 + max(cl, 0)
-        (controller,) = struct.unpack_from(">i", r, pos)
-        sys.exit(0 if nbrokers > 0 and controller >= 0 else 1)
-except (OSError, EOFError, ValueError, struct.error):
-    sys.exit(1)
-EOF
+  python3 "$LOCAL_DIR/kafka_probe.py" "$KAFKA_PORT" 1
 }
 
 is_up() { daemon_up "$PIDFILE" kafka.Kafka "$KAFKA_PORT"; }

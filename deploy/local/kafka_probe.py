@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Exit 0 if the Kafka broker on 127.0.0.1:<port> answers Metadata with at least <n> brokers and a
-controller (stdlib only; used by kafka-cluster.sh)."""
+controller (stdlib only; used by kafka.sh and kafka-cluster.sh)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def _call(sock: socket.socket, api_key: int, version: int, corr: int, body: byte
 def brokers_and_controller(port: int) -> tuple[int, int]:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
         s.settimeout(3)
-        r = _call(s, 3, 4, 1, struct.pack(">ib", 0, 0))  # Metadata v4, no topics
+        if struct.unpack(">h", _call(s, 18, 0, 1)[:2])[0] != 0:  # ApiVersions v0: error code
+            raise ValueError("ApiVersions refused")
+        r = _call(s, 3, 4, 2, struct.pack(">ib", 0, 0))  # Metadata v4, no topics
         pos = 4  # throttle_time_ms
         (nbrokers,) = struct.unpack_from(">i", r, pos)
         pos += 4
