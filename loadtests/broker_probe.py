@@ -1,6 +1,7 @@
 """Probe an MQTT broker for what ``citysense up`` needs from an embedded one.
 
-Starts the broker itself (``mosquitto`` or ``amqtt``, from PyPI) on a
+Starts the broker itself (``mosquitto``, ``amqtt`` from PyPI, or ``citysense``, the
+project's own ``brokers/mqtt_broker``) on a
 loopback port with two users (``sub`` may read ``devices/#``, ``dev-1`` may
 write only ``devices/air/dev-1/up``) and checks, bounded in time:
 
@@ -15,6 +16,7 @@ write only ``devices/air/dev-1/up``) and checks, bounded in time:
 
     python loadtests/broker_probe.py mosquitto --count 20000
     python loadtests/broker_probe.py amqtt --count 20000
+    python loadtests/broker_probe.py citysense --count 20000
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ USERS = {"sub": "sub-pw", "dev-1": "dev-pw"}
 
 
 def start_broker(kind: str, work: Path) -> subprocess.Popen[bytes]:
-    if kind == "mosquitto":
+    if kind == "citysense":  # brokers/mqtt_broker: reads Mosquitto's password and ACL formats
+        (work / "passwd").write_text(
+            "".join(f"{u}:{mosquitto_hash(p, os.urandom(12))}\n" for u, p in USERS.items()))
+        (work / "acl").write_text("user sub\ntopic read devices/#\npattern write devices/+/%u/up\n")
+        cmd = [sys.executable, "-m", "brokers.mqtt_broker", "--port", str(PORT),
+               "--password-file", str(work / "passwd"), "--acl-file", str(work / "acl"),
+               "--state-file", str(work / "sessions.json")]
+    elif kind == "mosquitto":
         (work / "passwd").write_text(
             "".join(f"{u}:{mosquitto_hash(p, os.urandom(12))}\n" for u, p in USERS.items()))
         (work / "acl").write_text("user sub\ntopic read devices/#\npattern write devices/+/%u/up\n")
@@ -125,7 +134,7 @@ async def throughput(count: int, received: list[bytes]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("broker", choices=["mosquitto", "amqtt"])
+    ap.add_argument("broker", choices=["mosquitto", "amqtt", "citysense"])
     ap.add_argument("--count", type=int, default=20000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="broker-probe-"))
@@ -159,7 +168,7 @@ def main() -> None:
             dev.publish("devices/air/dev-1/up", b"restart-%d" % i, qos=1).wait_for_publish(5)
         dev.loop_stop(), dev.disconnect()
         proc.terminate(), proc.wait(10)
-        proc = start_broker(args.broker, work) if args.broker == "amqtt" else subprocess.Popen(
+        proc = start_broker(args.broker, work) if args.broker != "mosquitto" else subprocess.Popen(
             [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "m.conf")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
