@@ -266,11 +266,14 @@ def up(
         help="replay speed of the scenario's last hour, then live (default 60)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="state (default .citysense-data)")] = None,
     pg_port: Annotated[int | None, typer.Option(help="embedded PostgreSQL port (default 15432)")] = None,
-    mqtt_port: Annotated[int | None, typer.Option(help="embedded Mosquitto port (default 11883)")] = None,
+    mqtt_port: Annotated[int | None, typer.Option(help="embedded MQTT broker port (default 11883)")] = None,
+    broker: Annotated[str | None, typer.Option(
+        help="embedded MQTT broker: auto (Mosquitto if installed, else citysense's own), "
+             "mosquitto or citysense")] = None,
     api_port: Annotated[int | None, typer.Option(help="API and dashboard port (default 8000)")] = None,
     verbose: bool = False,
 ) -> None:
-    """The whole platform on this machine (embedded PostgreSQL, Mosquitto, in-memory bus) with
+    """The whole platform on this machine (embedded PostgreSQL, MQTT broker, in-memory bus) with
     the county's devices live; each part uses the real service when its URL is set."""
     from citysense.exceptions import ConfigurationError
     from citysense.launch.up import run_up
@@ -279,7 +282,7 @@ def up(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given: dict[str, Any] = {"up_speed": speed, "up_data_dir": data_dir, "up_pg_port": pg_port,
-             "up_mqtt_port": mqtt_port, "up_api_port": api_port}
+             "up_mqtt_port": mqtt_port, "up_api_port": api_port, "up_broker": broker}
     try:
         settings = UpSettings(**{k: v for k, v in given.items() if v is not None})
         asyncio.run(run_up(settings))

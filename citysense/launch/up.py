@@ -153,7 +153,7 @@ class Up:
         self.say(
             f"citysense up: {'embedded PostgreSQL' if db else 'PostgreSQL'} "
             f"({'schema ' + str(applied) + ' applied' if applied else 'schema current'}), "
-            f"{'Mosquitto ' + mqtt_url if broker else 'MQTT ' + mqtt_url}, "
+            f"{_broker_name(broker) + ' ' + mqtt_url}, "
             f"{'Kafka ' + str(s.kafka_bootstrap) if s.kafka_bootstrap else 'in-memory bus'}; "
             f"county (渠县) devices: {REPLAY_S // 60} min of the scenario replayed at x{s.up_speed:g}, "
             f"then live; data in {data_dir}; "
@@ -258,6 +258,11 @@ class Up:
 
 def _topics(s: UpSettings) -> dict[str, Any]:
     return {k: getattr(s, k) for k in ("topic_raw", "topic_readings", "topic_dlq", "topic_alerts")}
+
+
+def _broker_name(broker: Component | None) -> str:
+    names = {"mosquitto": "Mosquitto", "mqtt-broker": "citysense MQTT broker"}
+    return names.get(getattr(broker, "name", ""), "MQTT")
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -17,6 +17,7 @@ import psycopg
 from brokers.base import Bus
 from citysense.exceptions import ConfigurationError
 from citysense.launch.components import CallbackComponent
+from citysense.launch.embedded_broker import EmbeddedBroker
 from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto
 from citysense.launch.embedded_postgres import EmbeddedPostgres
 from citysense.launch.up_settings import SessionSecrets, UpSettings
@@ -43,7 +44,7 @@ def check_ports(settings: UpSettings) -> None:
     if settings.database_url is None:
         require_port_free(settings.up_pg_port, "embedded PostgreSQL", "--pg-port / CITYSENSE_UP_PG_PORT")
     if settings.mqtt_url is None:
-        require_port_free(settings.up_mqtt_port, "embedded Mosquitto",
+        require_port_free(settings.up_mqtt_port, "embedded MQTT broker",
                           "--mqtt-port / CITYSENSE_UP_MQTT_PORT")
     require_port_free(settings.up_api_port, "API and dashboard", "--api-port / CITYSENSE_UP_API_PORT")
 
@@ -59,7 +60,21 @@ def stop_orphans(settings: UpSettings) -> list[str]:
     broker_dir = settings.up_data_dir / "mosquitto"
     if executable and EmbeddedMosquitto(broker_dir, settings.up_mqtt_port, executable).stop_orphan():
         stopped.append("Mosquitto")
+    if EmbeddedBroker(settings.up_data_dir / "mqtt-broker", settings.up_mqtt_port).stop_orphan():
+        stopped.append("the MQTT broker")
     return stopped
+
+
+def choose_broker(settings: UpSettings) -> EmbeddedMosquitto | EmbeddedBroker:
+    """Mosquitto when installed (or asked for), else the project's own broker."""
+    executable = find_mosquitto() if settings.up_broker != "citysense" else None
+    if executable is None and settings.up_broker == "mosquitto":
+        raise ConfigurationError(
+            "--broker mosquitto: no Mosquitto binary found: install it (apt-get install "
+            "mosquitto), or use --broker auto / citysense")
+    if executable is None:
+        return EmbeddedBroker(settings.up_data_dir / "mqtt-broker", settings.up_mqtt_port)
+    return EmbeddedMosquitto(settings.up_data_dir / "mosquitto", settings.up_mqtt_port, executable)
 
 
 def embedded_postgres(settings: UpSettings) -> EmbeddedPostgres:
@@ -116,12 +131,7 @@ def mqtt_part(settings: UpSettings, secrets: SessionSecrets
         loadgen = login(settings.mqtt_loadgen_username,
                         settings.mqtt_loadgen_password or settings.mqtt_bridge_password)
         return settings.mqtt_url, bridge, loadgen, None
-    executable = find_mosquitto()
-    if executable is None:
-        raise ConfigurationError(
-            "no MQTT broker: install Mosquitto (apt-get install mosquitto) or point "
-            "CITYSENSE_MQTT_URL at a broker")
-    broker = EmbeddedMosquitto(settings.up_data_dir / "mosquitto", settings.up_mqtt_port, executable)
+    broker = choose_broker(settings)
     bridge = ("citysense-bridge", secrets.bridge_password)
     loadgen = ("citysense-loadgen", secrets.loadgen_password)
 
@@ -136,7 +146,8 @@ def mqtt_part(settings: UpSettings, secrets: SessionSecrets
     async def stop() -> None:
         await asyncio.to_thread(broker.stop)
 
-    return broker.url, bridge, loadgen, CallbackComponent("mosquitto", start, stop)
+    name = "mosquitto" if isinstance(broker, EmbeddedMosquitto) else "mqtt-broker"
+    return broker.url, bridge, loadgen, CallbackComponent(name, start, stop)
 
 
 async def check_mqtt_logins(url: str, logins: list[tuple[str, str]]) -> None:

@@ -13,6 +13,7 @@ import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -27,6 +28,9 @@ class UpSettings(CommonSettings):
     up_api_port: int = Field(default=8000, ge=1, le=65535)
     # How much faster than real time the scenario's last 65 minutes replay before going live.
     up_speed: float = Field(default=60.0, ge=1, le=3600)
+    # The embedded MQTT broker: Mosquitto when installed ("auto"), else the project's own
+    # (brokers/mqtt_broker; no PyPI broker passed the checks, see citysense/launch/README.md).
+    up_broker: Literal["auto", "mosquitto", "citysense"] = "auto"
     # With CITYSENSE_MQTT_URL set: the accounts the bridge and the devices log in with.
     mqtt_bridge_username: str = "citysense-bridge"
     mqtt_bridge_password: SecretStr | None = None
