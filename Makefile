@@ -37,14 +37,11 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-demo: $(STAMP) mosquitto-binary ## the whole platform, embedded (no root, no services), county live until Ctrl-C
+demo: $(STAMP) ## the whole platform, embedded (no root, no services), county live until Ctrl-C
 	$(BIN)/citysense up
 
 demo-services: $(STAMP) ## the live pipeline over the local services (Kafka, PostgreSQL, Mosquitto)
 	$(BIN)/citysense demo
-
-mosquitto-binary: ## a mosquitto binary for citysense up (Debian's package when root; idempotent)
-	bash deploy/local/mosquitto-binary.sh
 
 browser: ## install Debian's chromium for the dashboard's browser test (idempotent)
 	bash deploy/local/browser.sh
@@ -52,7 +49,7 @@ browser: ## install Debian's chromium for the dashboard's browser test (idempote
 api: $(STAMP) ## serve the query API and dashboard (citysense api)
 	$(BIN)/citysense api
 
-.PHONY: browser api mosquitto-binary
+.PHONY: browser api
 
 clean-state: services-down ## stop services and delete .state (all local data)
 	rm -rf .state
