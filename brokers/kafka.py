@@ -47,6 +47,8 @@ class KafkaConfig:
     max_batch_bytes: int = 512 * 1024
     compression: str | None = None
     max_poll_records: int = 2000
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 500
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 120_000
@@ -261,6 +263,8 @@ class KafkaConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._config.max_poll_records,
+            fetch_min_bytes=self._config.fetch_min_bytes,
+            fetch_max_wait_ms=self._config.fetch_max_wait_ms,
             session_timeout_ms=self._config.session_timeout_ms,
             heartbeat_interval_ms=self._config.heartbeat_interval_ms,
             max_poll_interval_ms=self._config.max_poll_interval_ms,
@@ -343,4 +347,5 @@ def kafka_config(settings: CommonSettings, client_id: str) -> KafkaConfig:
     return KafkaConfig(
         bootstrap=settings.kafka_bootstrap, client_id=client_id, linger_ms=settings.kafka_linger_ms,
         replication_factor=settings.kafka_replication_factor,
+        fetch_min_bytes=settings.kafka_fetch_min_bytes, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )

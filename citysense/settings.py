@@ -39,6 +39,10 @@ class CommonSettings(BaseSettings):
     dlq_partitions: int = Field(default=2, ge=1)
 
     kafka_linger_ms: int = Field(default=5, ge=0)
+    # A consumer's fetch waits for this many bytes or this long, whichever comes first: bigger
+    # batches per handle/commit round at a bounded latency (loadtests/README.md has the A/B).
+    kafka_fetch_min_bytes: int = Field(default=1, ge=1)
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=0)
     # Replication factor of the topics the stages create (3 on a cluster; 1 on the local node).
     kafka_replication_factor: int = Field(default=1, ge=1)
     # Serve Prometheus /metrics on 127.0.0.1:<port> when set (one port per process).
