@@ -17,7 +17,7 @@ import psycopg
 from brokers.base import Bus
 from citysense.exceptions import ConfigurationError
 from citysense.launch.components import CallbackComponent
-from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto
+from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto, require_dynsec_plugin
 from citysense.launch.embedded_postgres import EmbeddedPostgres
 from citysense.launch.up_settings import SessionSecrets, UpSettings
 from storage import migrations
@@ -121,6 +121,7 @@ def mqtt_part(settings: UpSettings, secrets: SessionSecrets
         raise ConfigurationError(
             "no MQTT broker: install Mosquitto (apt-get install mosquitto) or point "
             "CITYSENSE_MQTT_URL at a broker")
+    require_dynsec_plugin()  # refused here, before the database is touched
     broker = EmbeddedMosquitto(settings.up_data_dir / "mosquitto", settings.up_mqtt_port, executable)
     bridge = ("citysense-bridge", secrets.bridge_password)
     loadgen = ("citysense-loadgen", secrets.loadgen_password)
@@ -128,9 +129,9 @@ def mqtt_part(settings: UpSettings, secrets: SessionSecrets
     async def start() -> None:
         from simulators.scenario_registry import credential_hash, export_scenario
 
-        ids = [d["device_id"] for d in export_scenario("county", None)["devices"]]
-        hashes = [(i, credential_hash(secrets.device_secret, i)) for i in ids]
-        await asyncio.to_thread(broker.configure, dict([bridge, loadgen]), hashes)
+        devices = [(d["device_id"], d["kind"]) for d in export_scenario("county", None)["devices"]]
+        creds = [(i, kind, credential_hash(secrets.device_secret, i)) for i, kind in devices]
+        await asyncio.to_thread(broker.configure, dict([bridge, loadgen]), creds)
         await asyncio.to_thread(broker.start)
 
     async def stop() -> None:
@@ -176,12 +177,16 @@ def bus_part(settings: UpSettings) -> Bus:
 
 
 def registry_file(data_dir: Path, device_secret: str) -> Path:
-    """The county's registry (sites, devices, credential hashes) for the normaliser and import."""
+    """The county's registry (sites, devices, credential hashes) for the normaliser and import.
+
+    Written at every start (it is deterministic for the secret), so a data directory made by an
+    older citysense gets the devices' current profiles, e.g. a charger's heartbeat interval."""
     import json
 
     from simulators.scenario_registry import export_scenario
 
     path = data_dir / "registry.json"
-    if not path.is_file():
-        path.write_text(json.dumps(export_scenario("county", device_secret), ensure_ascii=False))
+    text = json.dumps(export_scenario("county", device_secret), ensure_ascii=False)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
     return path
