@@ -30,9 +30,14 @@ def kind_of(device_id: str) -> str | None:
 
 
 def find_dynsec_plugin() -> str | None:
-    """Path of Debian's dynamic-security plugin (package ``mosquitto``), if installed."""
-    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
-    return found[0] if found else None
+    """Path of the dynamic-security plugin, if installed: Debian's (package ``mosquitto``,
+    /usr/lib/<triplet>/) first, then the other usual places of a Mosquitto 2 install."""
+    for pattern in ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib*/mosquitto_dynamic_security.so",
+                    "/usr/local/lib*/mosquitto_dynamic_security.so"):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
 
 
 def auth_config_lines(plugin: str, dynsec_file: str, password_file: str, acl_file: str) -> str:

@@ -158,8 +158,8 @@ class Bridge:
     def _canary_unsent(self, payload: bytes, fut: asyncio.Future[None]) -> None:
         # Refused by the broker (an ACL without the bridge's canary rights) or not connected: it
         # never reached the group, so it is not evidence of a competitor.
-        if fut.cancelled() or fut.exception() is None:
-            return
+        if fut.cancelled() or fut.exception() is None or self._stopping.is_set():
+            return  # (stopping: the client went away before its PUBACK; nothing to report)
         if self.canary.returned(payload):
             self._count_canary("unsent")
             log.warning("canary on %s not sent: %s", self._canary_topic, fut.exception())

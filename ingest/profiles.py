@@ -27,6 +27,9 @@ class Profile:
     kind: str
     codec: str
     network: str
+    # The longest a healthy device stays silent: its reporting period (an NB-IoT device's
+    # wake-up period; an OCPP pile's HeartbeatInterval). Silence rules and the dashboard's
+    # online/late/offline measure against it (the registry copies it per device).
     report_interval_s: float
     metrics: tuple[Metric, ...]
     # NB-IoT (PSM) devices sample every ``sample_interval_s`` and send the
@@ -139,8 +142,11 @@ _CHARGER_BASE = (
 _PHASE_SUFFIXES = ("l1", "n", "l2", "l3", "l1_n", "l2_n", "l3_n", "l1_l2", "l2_l3", "l3_l1")
 
 CHARGER_OCPP = Profile(
-    kind="charger", codec="charger-ocpp", network="lte-cat1", report_interval_s=60.0,
-    description="EV charge pile, OCPP 1.6 JSON (MeterValueSampleInterval 60 s)",
+    kind="charger", codec="charger-ocpp", network="lte-cat1", report_interval_s=300.0,
+    # An idle pile sends only its Heartbeat (simulators/charger.py uses this interval); meter
+    # values every 60 s come only while charging, so they cannot be what silence expects.
+    description="EV charge pile, OCPP 1.6 JSON (HeartbeatInterval 300 s; MeterValueSampleInterval "
+                "60 s while charging)",
     metrics=(
         *_CHARGER_BASE,
         Metric("energy_export_kwh", "kWh", 0.0, 10_000_000.0, 0.0),

@@ -1,7 +1,10 @@
 """EV charge piles: an OCPP 1.6 connector state machine, meter values, heartbeats.
 
-One pile is one device with connector 1. Idle piles heartbeat every
-``HEARTBEAT_S``. Sessions arrive more often by day; a session goes
+One pile is one device with connector 1. A pile that has sent nothing for
+``HEARTBEAT_S`` (the OCPP HeartbeatInterval, which is the charger profile's
+``report_interval_s``: what silence detection expects) sends a Heartbeat, in
+every state: idle, reserved, faulted, unavailable, or waiting to be unplugged.
+Sessions arrive more often by day; a session goes
 Preparing -> Charging (start reason ``Local`` or ``Remote``), samples
 MeterValues every 60 s (power kW with a taper near full, energy register
 kWh, voltage, current, SoC), may pause as SuspendedEVSE (ordered charging at
@@ -25,11 +28,14 @@ from functools import partial
 
 from citysense.records import Health, Reading, RecordBatch, Status
 from ingest.codecs.charger_ocpp import call, meter_call, status_call
+from ingest.profiles import CHARGER_OCPP
 from ingest.topics import uplink_topic
 from simulators.model import NS, DeviceStream, Uplink, traffic_load
 
-HEARTBEAT_S = 300
-METER_S = 60
+# One number for the pile and the platform: the alert rules and the dashboard measure a pile's
+# silence against its profile's interval, so the simulator heartbeats at exactly that.
+HEARTBEAT_S = int(CHARGER_OCPP.report_interval_s)
+METER_S = 60  # OCPP MeterValueSampleInterval, while charging
 TRANSITIONS: dict[str, frozenset[str]] = {
     "Available": frozenset({"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE",
                             "Reserved", "Unavailable", "Faulted"}),
@@ -120,34 +126,39 @@ class ChargerDevice(DeviceStream):
                       recipe=partial(_heartbeat_batch, self.device_id))
 
     # -- behaviour -----------------------------------------------------------
+    def _quiet(self, t: int, until: int) -> Generator[Uplink, None, int]:
+        """Nothing else to say from ``t`` (the last uplink) to ``until``: a Heartbeat every
+        ``HEARTBEAT_S``, whatever the connector's state (OCPP 1.6 §4.6: a Heartbeat may be
+        skipped only when another message went out within the interval); returns ``until``."""
+        while t + HEARTBEAT_S * NS < until:
+            t += HEARTBEAT_S * NS
+            yield self._heartbeat(t)
+        return until
+
     def _life(self) -> Iterator[Uplink]:
         rng = self.rng
         t = self.start_ns + _ns(rng.uniform(0, HEARTBEAT_S))
         sessions = 0
         while True:
             mean_gap_s = 3600 * 6 / (0.2 + traffic_load(t))  # busier by day
-            arrival = t + _ns(rng.expovariate(1 / mean_gap_s))
-            while t + HEARTBEAT_S * NS < arrival:
-                t += HEARTBEAT_S * NS
-                yield self._heartbeat(t)
-            t = arrival
+            t = yield from self._quiet(t, t + _ns(rng.expovariate(1 / mean_gap_s)))
             roll = rng.random()
             if roll < 0.01:
                 code = rng.choice(FAULT_CODES)
                 yield self._status(t, "Faulted", error=code)
-                t += _ns(rng.uniform(0.5, 8) * 3600)
+                t = yield from self._quiet(t, t + _ns(rng.uniform(0.5, 8) * 3600))
                 yield self._status(t, "Available")
                 continue
             if roll < 0.015:
                 yield self._status(t, "Unavailable", info="maintenance")
-                t += _ns(rng.uniform(1, 4) * 3600)
+                t = yield from self._quiet(t, t + _ns(rng.uniform(1, 4) * 3600))
                 yield self._status(t, "Available")
                 continue
             sessions += 1
             session = f"S-{self.device_id}-{sessions}"
             if roll < 0.05:
                 yield self._status(t, "Reserved")
-                t += _ns(rng.uniform(60, 900))
+                t = yield from self._quiet(t, t + _ns(rng.uniform(60, 900)))
                 if rng.random() < 0.2:  # reservation expired
                     yield self._status(t, "Available", info="reservation expired")
                     continue
@@ -183,13 +194,13 @@ class ChargerDevice(DeviceStream):
         if rng.random() < 0.002:
             code = rng.choice(FAULT_CODES)
             yield self._status(t, "Faulted", error=code, session=session, info="stop:Other")
-            t += _ns(rng.uniform(0.5, 4) * 3600)
+            t = yield from self._quiet(t, t + _ns(rng.uniform(0.5, 4) * 3600))
             yield self._status(t, "Available")
             return t
         if soc >= target and self.state == "Charging" and rng.random() < 0.5:
             yield self._status(t, "SuspendedEV", session=session, info="battery full")
         reason = rng.choices(list(STOP_WEIGHTS), weights=list(STOP_WEIGHTS.values()))[0]
         yield self._status(t, "Finishing", session=session, info=f"stop:{reason}")
-        t += _ns(rng.uniform(30, 1800))
+        t = yield from self._quiet(t, t + _ns(rng.uniform(30, 1800)))
         yield self._status(t, "Available", info="cable unplugged")
         return t

@@ -43,17 +43,17 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def configure(self, users: dict[str, str], device_hashes: Iterable[tuple[str, str]]) -> None:
-        """Password file (hashed) and ACL, both 0600 in a 0700 directory."""
+    def configure(self, users: dict[str, str], devices: Iterable[tuple[str, str, str]]) -> None:
+        """Password file (hashed) and ACL, both 0600 in a 0700 directory. ``users``: the
+        service accounts and their passwords; ``devices``: (device id, kind, password hash)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
-        devices = list(device_hashes)
+        listed = list(devices)
         lines = [f"{name}:{_hash(pw)}" for name, pw in users.items()]
-        lines += [f"{device}:{hashed}" for device, hashed in devices]
+        lines += [f"{device}:{hashed}" for device, _, hashed in listed]
         acl = [acl_text()]
-        for device, _ in devices:
-            kind = kind_of(device)
-            if kind is not None:  # a device of no known kind gets no rights at all
+        for device, kind, _ in listed:
+            if kind_of(device) == kind:  # a device whose id and kind disagree gets no rights
                 acl.append(f"user {device}\ntopic write devices/{kind}/{device}/up\n"
                            f"topic read devices/{kind}/{device}/down\n")
         for name, text in (("passwd", "\n".join(lines) + "\n"), ("acl", "".join(acl))):

@@ -60,8 +60,9 @@ DRAIN_TIMEOUT_S = 60.0
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
     data_dir.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        data_dir.chmod(0o755)  # the embedded servers run as nobody and must traverse it
+    # As root the embedded servers run as nobody and must traverse it; as a normal user nobody
+    # else needs it (it holds the registry's credential hashes and the database).
+    data_dir.chmod(0o755 if os.geteuid() == 0 else 0o700)
     handle = open(data_dir / "up.lock", "a")  # noqa: SIM115 - held for the session
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

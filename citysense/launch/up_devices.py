@@ -2,12 +2,18 @@
 
 Every device of the ``county`` scenario (渠县: 22 bridges, 1,200 chargers, 37 townships'
 NB-IoT stations, air, weather, rain, water, meters) publishes over MQTT on its natural schedule.
-A new data directory starts the scenario ``REPLAY_S`` (65 minutes) in the past and publishes
-that stretch ``speed`` times faster than it happened (at 60: in 66 s, ~1,300 uplinks/s — the
-county's peak shape), so the scenario's first bridge events (英雄大桥 vibration at 0.25 h,
-三汇公路大桥 abnormal deflection at 1 h) and the alerts they raise come within the first
-minute; once device time reaches the wall clock every device reports live, at its natural
-interval, so the dashboard's "now" is now. Device time never runs ahead of the wall clock.
+A new data directory replays the last ``REPLAY_S`` (65 minutes) ``speed`` times faster than it
+happened (at 60: in 66 s, ~1,300 uplinks/s — the county's peak shape); once device time reaches
+the wall clock every device reports live, at its natural interval, so the dashboard's "now" is
+now. Device time never runs ahead of the wall clock.
+
+Where the replay starts in the scenario is chosen (``new_scenario_start``) so that the
+scenario's abnormal deflection (三汇公路大桥, 1 h in) begins ``EVENT_LEAD_S`` into the replay:
+its alert depends on nothing but the event, so a bridge incident comes after a few thousand
+uplinks, however slowly this machine replays. (Starting at the scenario's beginning, the first
+incident waited for the 0.25 h vibration, whose alert needs daytime traffic, or for the
+deflection 60 minutes of device time in: 19 s to over 65 s depending on the replay's pace.)
+The crack growth (渠江四桥, 2 h in) then begins near the end of the replay and goes on live.
 
 The position in the scenario is kept in ``devices.json`` in the data directory: a second
 ``up`` resumes where the first stopped (what it missed while stopped, up to ``REPLAY_S``, is
@@ -34,13 +40,21 @@ from simulators.scenario import CityScenario, load_scenario
 from simulators.scenario_registry import city_registry
 
 SCENARIO = "county"
-REPLAY_S = 65 * 60  # covers the first two events (0.25 h and 1 h into the scenario)
+REPLAY_S = 65 * 60
+EVENT_LEAD_S = 60  # device time from the replay's start to the abnormal deflection
 
 
 def county() -> CityScenario:
     sc = load_scenario(SCENARIO)
     assert isinstance(sc, CityScenario)
     return sc
+
+
+def new_scenario_start(sc: CityScenario, now_ns: int) -> int:
+    """Scenario start of a new data directory: its abnormal deflection (the first event whose
+    alert does not depend on the time of day) ``EVENT_LEAD_S`` after the replay's start."""
+    anchor_h = min(e.start_h for e in sc.events if e.kind == "abnormal_deflection")
+    return now_ns - REPLAY_S * NS - int((anchor_h * 3600 - EVENT_LEAD_S) * NS)
 
 
 def scenario_events(sc: CityScenario, scenario_start_ns: int) -> dict[str, list[BridgeEvent]]:
@@ -90,13 +104,13 @@ class CountyDevices:
             await self._pool.drain(timeout_s=15.0)
         await self._pool.stop()
 
-    def _load_state(self, now_ns: int) -> tuple[int, int]:
+    def _load_state(self, sc: CityScenario, now_ns: int) -> tuple[int, int]:
         """(scenario start, device time to resume from)."""
         if self._state_file.is_file():
             state = json.loads(self._state_file.read_text())
             start, position = int(state["scenario_start_ns"]), int(state["device_ns"])
         else:
-            start = position = now_ns - REPLAY_S * NS
+            start, position = new_scenario_start(sc, now_ns), now_ns - REPLAY_S * NS
         return start, min(now_ns, max(position, now_ns - REPLAY_S * NS))
 
     def _save_state(self, scenario_start_ns: int) -> None:
@@ -109,7 +123,7 @@ class CountyDevices:
         sc = county()
         seed = sc.seed if self._seed is None else self._seed
         wall0 = time.time_ns()
-        scenario_start, device0 = self._load_state(wall0)
+        scenario_start, device0 = self._load_state(sc, wall0)
         self.device_ns = device0
         self._save_state(scenario_start)
         streams = build_streams(city_registry(sc).devices, seed=seed, start_ns=device0,

@@ -15,10 +15,11 @@ from pathlib import Path
 import psycopg
 
 from brokers.base import Bus
+from citysense.broker_auth import find_dynsec_plugin
 from citysense.exceptions import ConfigurationError
 from citysense.launch.components import CallbackComponent
 from citysense.launch.embedded_broker import EmbeddedBroker
-from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto
+from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto, require_dynsec_plugin
 from citysense.launch.embedded_postgres import EmbeddedPostgres
 from citysense.launch.up_settings import SessionSecrets, UpSettings
 from storage import migrations
@@ -66,15 +67,20 @@ def stop_orphans(settings: UpSettings) -> list[str]:
 
 
 def choose_broker(settings: UpSettings) -> EmbeddedMosquitto | EmbeddedBroker:
-    """Mosquitto when installed (or asked for), else the project's own broker."""
-    executable = find_mosquitto() if settings.up_broker != "citysense" else None
-    if executable is None and settings.up_broker == "mosquitto":
-        raise ConfigurationError(
-            "--broker mosquitto: no Mosquitto binary found: install it (apt-get install "
-            "mosquitto), or use --broker auto / citysense")
-    if executable is None:
-        return EmbeddedBroker(settings.up_data_dir / "mqtt-broker", settings.up_mqtt_port)
-    return EmbeddedMosquitto(settings.up_data_dir / "mosquitto", settings.up_mqtt_port, executable)
+    """Mosquitto with its dynamic-security plugin when installed (or asked for), else the
+    project's own broker (a Mosquitto without the plugin would not check SUBSCRIBE)."""
+    if settings.up_broker == "mosquitto":
+        executable = find_mosquitto()
+        if executable is None:
+            raise ConfigurationError(
+                "--broker mosquitto: no Mosquitto binary found: install it (apt-get install "
+                "mosquitto), or use --broker auto / citysense")
+        require_dynsec_plugin()
+        return EmbeddedMosquitto(settings.up_data_dir / "mosquitto", settings.up_mqtt_port, executable)
+    executable = find_mosquitto() if settings.up_broker == "auto" else None
+    if executable is not None and find_dynsec_plugin() is not None:
+        return EmbeddedMosquitto(settings.up_data_dir / "mosquitto", settings.up_mqtt_port, executable)
+    return EmbeddedBroker(settings.up_data_dir / "mqtt-broker", settings.up_mqtt_port)
 
 
 def embedded_postgres(settings: UpSettings) -> EmbeddedPostgres:
@@ -131,16 +137,16 @@ def mqtt_part(settings: UpSettings, secrets: SessionSecrets
         loadgen = login(settings.mqtt_loadgen_username,
                         settings.mqtt_loadgen_password or settings.mqtt_bridge_password)
         return settings.mqtt_url, bridge, loadgen, None
-    broker = choose_broker(settings)
+    broker = choose_broker(settings)  # refused here, before the database is touched
     bridge = ("citysense-bridge", secrets.bridge_password)
     loadgen = ("citysense-loadgen", secrets.loadgen_password)
 
     async def start() -> None:
         from simulators.scenario_registry import credential_hash, export_scenario
 
-        ids = [d["device_id"] for d in export_scenario("county", None)["devices"]]
-        hashes = [(i, credential_hash(secrets.device_secret, i)) for i in ids]
-        await asyncio.to_thread(broker.configure, dict([bridge, loadgen]), hashes)
+        devices = [(d["device_id"], d["kind"]) for d in export_scenario("county", None)["devices"]]
+        creds = [(i, kind, credential_hash(secrets.device_secret, i)) for i, kind in devices]
+        await asyncio.to_thread(broker.configure, dict([bridge, loadgen]), creds)
         await asyncio.to_thread(broker.start)
 
     async def stop() -> None:
@@ -187,12 +193,16 @@ def bus_part(settings: UpSettings) -> Bus:
 
 
 def registry_file(data_dir: Path, device_secret: str) -> Path:
-    """The county's registry (sites, devices, credential hashes) for the normaliser and import."""
+    """The county's registry (sites, devices, credential hashes) for the normaliser and import.
+
+    Written at every start (it is deterministic for the secret), so a data directory made by an
+    older citysense gets the devices' current profiles, e.g. a charger's heartbeat interval."""
     import json
 
     from simulators.scenario_registry import export_scenario
 
     path = data_dir / "registry.json"
-    if not path.is_file():
-        path.write_text(json.dumps(export_scenario("county", device_secret), ensure_ascii=False))
+    text = json.dumps(export_scenario("county", device_secret), ensure_ascii=False)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
     return path

@@ -18,7 +18,6 @@ import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.engine import AlertEngine
-from alerts.rules import RuleFile
 from alerts.settings import AlertSettings
 from api.app import create_app
 from api.live import LiveHub
@@ -43,29 +42,9 @@ async def ensure_rules(pool: AsyncConnectionPool) -> int:
         existing = await alert_rules_store.list_rules(conn)
         if existing:
             return len(existing)
-        rule_file = _heartbeat_matched(load(DEFAULT_RULES))
+        rule_file = load(DEFAULT_RULES)
         await apply_rules(conn, rule_file, source=DEFAULT_RULES.name, actor="citysense-up")
         return len(rule_file.rules)
-
-
-def _heartbeat_matched(rule_file: RuleFile) -> RuleFile:
-    """The pack's ``charger-offline`` expects a heartbeat every 60 s (the profile's interval);
-    the simulated idle piles heartbeat every ``HEARTBEAT_S`` (300 s), so with the pack as it is
-    every idle pile of the county would be "late" 70 s after its last uplink. ``up`` widens that
-    rule's grace to the simulator's heartbeat (+10 s) instead of showing 1,200 false alerts."""
-    from alerts.rules import Silence
-    from ingest.profiles import PROFILES
-    from simulators.charger import HEARTBEAT_S
-
-    interval = PROFILES["charger"].report_interval_s
-
-    rules = []
-    for rule in rule_file.rules:
-        if rule.id == "charger-offline" and isinstance(rule.condition, Silence):
-            grace = max(rule.condition.grace, HEARTBEAT_S - interval + 10)
-            rule = rule.model_copy(update={"condition": rule.condition.model_copy(update={"grace": grace})})
-        rules.append(rule)
-    return rule_file.model_copy(update={"rules": rules})
 
 
 async def session_key(pool: AsyncConnectionPool) -> str:

@@ -1,15 +1,18 @@
 """Silence detection on the deadline heap, with the clock injected: a 6-hour PSM meter,
-a charger heartbeating every 60 s, a registered device that never reports, a device
-that comes back."""
+a charger heartbeating at the OCPP interval under the default pack's rule, a registered device
+that never reports, a device that comes back."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
+import yaml
 
+from alerts.cli import DEFAULT_RULES
 from brokers.kafka import KafkaBus
 from citysense.records import Health, Reading, RecordBatch
 from citysense.settings import CommonSettings
+from ingest.profiles import PROFILES
 from storage import alerts_store
 from tests.alerts.harness import NS, T0, Harness, alert_settings, register, setup, transitions
 
@@ -22,13 +25,21 @@ rules:
     selector: {kind: [meter]}
     condition: {type: silence, grace: 10m, grace_ratio: 0}
     repeat_interval: 0  # no reminders here (see the repeat test below)
-  - id: charger-offline
-    name: charger heartbeat missing
-    selector: {kind: [charger]}
-    condition: {type: silence, grace: 10s, grace_ratio: 0}
-    repeat_interval: 0
 """
 H = 3600 * NS
+HEARTBEAT_S = int(PROFILES["charger"].report_interval_s)  # what simulators/charger.py sends
+
+
+def with_default_pack_rule(rules_yaml: str, rule_id: str) -> str:
+    """``rules_yaml`` plus one rule of alerts/rules/default.yaml (no receivers, no reminders)."""
+    rule = next(r for r in yaml.safe_load(DEFAULT_RULES.read_text())["rules"] if r["id"] == rule_id)
+    rule.pop("receivers", None)
+    rules = [*yaml.safe_load(rules_yaml)["rules"], {**rule, "repeat_interval": 0}]
+    return yaml.safe_dump({"rules": rules}, allow_unicode=True)
+
+
+def heartbeat(t: int) -> RecordBatch:
+    return RecordBatch("charger-0001", t, health=(Health("charger-0001", t),))
 
 
 def meter(t: int) -> RecordBatch:
@@ -38,20 +49,30 @@ def meter(t: int) -> RecordBatch:
 async def test_late_then_offline_then_back(pipeline_settings: CommonSettings, kafka_bus: KafkaBus,
                                            database: str) -> None:
     s = alert_settings(pipeline_settings, database)
-    await setup(kafka_bus, s, RULES)
+    await setup(kafka_bus, s, with_default_pack_rule(RULES, "charger-offline"))
     await register(database, [("meter-0001", "meter", None, 21600.0), ("meter-0002", "meter", None, 21600.0)])
     async with Harness(kafka_bus, s) as h:
-        await h.send([meter(T0), RecordBatch("charger-0001", T0, health=(Health("charger-0001", T0),))])
+        await h.send([meter(T0), heartbeat(T0)])
 
         async def seen() -> list[tuple[str, str, int, float]]:
             return [(d, a, g, (t - T0) / NS) for _, d, a, g, _, t in await transitions(database)]
 
-        await h.advance(T0 + 69 * NS)
+        # A healthy idle pile: a heartbeat every HeartbeatInterval (and one lost) raises nothing.
+        last = T0
+        for t in (T0 + HEARTBEAT_S * NS, T0 + 3 * HEARTBEAT_S * NS):
+            await h.advance(t - NS)
+            await h.send([heartbeat(t)])
+            last = t
+        await h.advance(last + 629 * NS)
         assert await seen() == []
-        await h.advance(T0 + 70 * NS)  # interval 60 s + grace 10 s
-        await h.advance(T0 + 139 * NS)
-        await h.advance(T0 + 140 * NS)  # twice that: offline, within 2.5 min of the last heartbeat
-        assert await seen() == [("charger-0001", "fired", 3, 70.0), ("charger-0001", "escalated", 2, 140.0)]
+        # Then it goes silent: late after two missed heartbeats (300 s + 1.1 x 300 s), offline at
+        # twice that.
+        await h.advance(last + 630 * NS)
+        await h.advance(last + 1259 * NS)
+        await h.advance(last + 1260 * NS)
+        t = (last - T0) / NS
+        assert await seen() == [("charger-0001", "fired", 3, t + 630),
+                                ("charger-0001", "escalated", 2, t + 1260)]
         await h.advance(T0 + 6 * H - 60 * NS)  # 5 h 59 min: a 6-hour PSM meter is not late
         assert [x for x in await seen() if x[0].startswith("meter")] == []
         await h.advance(T0 + 6 * H + 600 * NS)  # interval + grace: late, and the silent one is found
