@@ -15,7 +15,8 @@ from brokers.mqtt_broker import Access, BrokerConfig, MqttBroker
 
 async def serve(args: argparse.Namespace) -> None:
     access = Access.from_files(args.password_file, args.acl_file)
-    access.bind_client_ids = args.bind_client_ids
+    if args.free_client_ids is not None:
+        access.free_client_ids = frozenset(filter(None, args.free_client_ids.split(",")))
     broker = MqttBroker(access, BrokerConfig(host=args.host, port=args.port, state_file=args.state_file))
     await broker.start()
     if args.pid_file:
@@ -43,8 +44,8 @@ def main() -> None:
     ap.add_argument("--acl-file", type=Path, required=True)
     ap.add_argument("--pid-file", type=Path)
     ap.add_argument("--state-file", type=Path, help="persistent sessions are kept here across restarts")
-    ap.add_argument("--bind-client-ids", action="store_true",
-                    help="accounts without a 'user' section in the ACL must use their name as client id")
+    ap.add_argument("--free-client-ids", metavar="USER,USER",
+                    help="bind client ids: every account but these must use its name as client id")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(serve(args))

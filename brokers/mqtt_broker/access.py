@@ -54,9 +54,9 @@ class Access:
     passwords: dict[str, str] = field(default_factory=dict)
     user_rules: dict[str, list[Rule]] = field(default_factory=dict)
     patterns: list[Rule] = field(default_factory=list)
-    # Accounts without a ``user`` section (devices) must use their username as client id, so
-    # no device can take over another client's session (Mosquitto's dynsec ``clientid``).
-    bind_client_ids: bool = False
+    # When set, every account but these (the service accounts) must use its username as client
+    # id, so no device can take over another client's session (Mosquitto's dynsec ``clientid``).
+    free_client_ids: frozenset[str] | None = None
     _checked: set[tuple[str, bytes]] = field(default_factory=set)
 
     @classmethod
@@ -110,7 +110,8 @@ class Access:
         return True
 
     def client_id_allowed(self, username: str, client_id: str) -> bool:
-        return not self.bind_client_ids or username in self.user_rules or client_id == username
+        free = self.free_client_ids
+        return free is None or username in free or client_id == username
 
     def rules_for(self, username: str, client_id: str) -> tuple[tuple[int, str], ...]:
         """The (mode, filter) rules of one client, patterns substituted; taken once per connection."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from citysense.broker_auth import acl_text, kind_of
+from citysense.broker_auth import BRIDGE_USER, LOADGEN_USER, acl_text, kind_of
 from citysense.exceptions import ConfigurationError
 
 
@@ -66,8 +66,8 @@ class EmbeddedBroker:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "brokers.mqtt_broker", "--port", str(self.port),
              "--password-file", str(self.root / "passwd"), "--acl-file", str(self.root / "acl"),
-             "--pid-file", str(self.root / "broker.pid"), "--bind-client-ids",
-             "--state-file", str(self.root / "sessions.json")],
+             "--pid-file", str(self.root / "broker.pid"), "--state-file", str(self.root / "sessions.json"),
+             "--free-client-ids", f"{BRIDGE_USER},{LOADGEN_USER}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches up, which stops the broker last
         )

@@ -1,9 +1,11 @@
-"""The embedded Mosquitto of ``citysense up`` has the rights of ``deploy/local``'s broker.
+"""Both embedded brokers of ``citysense up`` have the rights of ``deploy/local``'s broker.
 
-One broker per test module, configured as ``up`` configures it (``broker_auth``'s password file,
-dynamic-security config and ACL file): the real bridge's canary goes round (before, it was
-refused with reason 0x87 and logged every 5 s), and a device may publish only its own uplink and
-subscribe to nothing but its own downlink.
+One broker of each kind per test module, configured as ``up`` configures it: Mosquitto with
+``broker_auth``'s password file, dynamic-security config and ACL file, and the project's own
+broker (``brokers/mqtt_broker``, used when Mosquitto is not installed) with the password file
+and its per-device ACL. The real bridge's canary goes round (before, it was refused with reason
+0x87 and logged every 5 s), and a device may publish only its own uplink and subscribe to
+nothing but its own downlink.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from brokers.memory import MemoryBus
 from brokers.mqtt import MqttClient, MqttConfig
 from citysense.broker_auth import find_dynsec_plugin
 from citysense.credentials import device_password
+from citysense.launch.embedded_broker import EmbeddedBroker
 from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto
 from citysense.metrics import Metrics
 from ingest.bridge import Bridge
@@ -30,20 +33,25 @@ from ingest.topics import uplink_topic
 from simulators.scenario_registry import credential_hash
 from tests.demo.test_up import free_port
 
-pytestmark = pytest.mark.skipif(
-    find_mosquitto() is None or find_dynsec_plugin() is None,
-    reason="needs Debian's mosquitto package (binary and dynamic-security plugin)")
+NO_MOSQUITTO = find_mosquitto() is None or find_dynsec_plugin() is None
 
+Broker = EmbeddedMosquitto | EmbeddedBroker
 SECRET = "test-device-secret"
 BRIDGE, LOADGEN = ("citysense-bridge", "bridge-pw"), ("citysense-loadgen", "loadgen-pw")
 DEVICES = {"brg-01-01": "bridge", "chg-00001": "charger"}
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedMosquitto]:
+@pytest.fixture(scope="module", params=[
+    pytest.param("mosquitto", marks=pytest.mark.skipif(
+        NO_MOSQUITTO, reason="needs Debian's mosquitto package (binary and dynamic-security plugin)")),
+    "citysense",
+])
+def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedMosquitto | EmbeddedBroker]:
     root = Path(tempfile.mkdtemp(prefix="citysense-broker-test-"))
     root.chmod(0o755)  # as root the broker runs as nobody
-    broker = EmbeddedMosquitto(root / "mosquitto", free_port(), find_mosquitto() or "")
+    broker: EmbeddedMosquitto | EmbeddedBroker = (
+        EmbeddedMosquitto(root / "mosquitto", free_port(), find_mosquitto() or "")
+        if request.param == "mosquitto" else EmbeddedBroker(root / "mqtt-broker", free_port()))
     broker.configure(dict([BRIDGE, LOADGEN]),
                      [(d, kind, credential_hash(SECRET, d)) for d, kind in DEVICES.items()])
     broker.start()
@@ -51,14 +59,14 @@ def broker() -> Iterator[EmbeddedMosquitto]:
     broker.stop()
 
 
-def device(broker: EmbeddedMosquitto, device_id: str, client_id: str | None = None) -> MqttClient:
+def device(broker: Broker, device_id: str, client_id: str | None = None) -> MqttClient:
     return MqttClient(MqttConfig(url=broker.url, username=device_id,
                                  password=device_password(SECRET, device_id),
                                  client_id=client_id or device_id))
 
 
 @pytest.fixture
-async def bridge_sub(broker: EmbeddedMosquitto) -> AsyncIterator[MqttClient]:
+async def bridge_sub(broker: Broker) -> AsyncIterator[MqttClient]:
     sub = MqttClient(MqttConfig(url=broker.url, username=BRIDGE[0], password=BRIDGE[1],
                                 client_id=f"test-sub-{time.monotonic_ns()}"), manual_ack=True)
     await sub.start()
@@ -78,7 +86,7 @@ async def received(sub: MqttClient, seconds: float = 1.0) -> list[str]:
 
 
 async def test_the_bridges_canary_goes_round_and_nothing_is_refused(
-        broker: EmbeddedMosquitto, caplog: pytest.LogCaptureFixture) -> None:
+        broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     bus = MemoryBus()
     registry = CollectorRegistry()
     mqtt = MqttClient(MqttConfig(url=broker.url, username=BRIDGE[0], password=BRIDGE[1],
@@ -103,7 +111,7 @@ async def test_the_bridges_canary_goes_round_and_nothing_is_refused(
     assert [r.getMessage() for r in caplog.records if "canary" in r.getMessage()] == []
 
 
-async def test_a_device_publishes_only_its_own_uplink(broker: EmbeddedMosquitto,
+async def test_a_device_publishes_only_its_own_uplink(broker: Broker,
                                                       bridge_sub: MqttClient) -> None:
     dev = device(broker, "chg-00001")
     await dev.start()
@@ -121,7 +129,7 @@ async def test_a_device_publishes_only_its_own_uplink(broker: EmbeddedMosquitto,
 @pytest.mark.parametrize("topic_filter", [
     "devices/#", "devices/bridge/brg-01-01/down", "$share/citysense-bridge/devices/+/+/up", "#", "$SYS/#",
 ])
-async def test_a_device_subscribes_to_nothing_of_others(broker: EmbeddedMosquitto, topic_filter: str) -> None:
+async def test_a_device_subscribes_to_nothing_of_others(broker: Broker, topic_filter: str) -> None:
     dev = device(broker, "chg-00001")
     await dev.start()
     try:
@@ -132,7 +140,7 @@ async def test_a_device_subscribes_to_nothing_of_others(broker: EmbeddedMosquitt
         await dev.stop()
 
 
-async def test_a_device_logs_in_only_as_itself(broker: EmbeddedMosquitto) -> None:
+async def test_a_device_logs_in_only_as_itself(broker: Broker) -> None:
     for client in (device(broker, "chg-00001", client_id="citysense-up-bridge"),
                    MqttClient(MqttConfig(url=broker.url, username="chg-00001", password="0" * 32,
                                          client_id="chg-00001"))):

