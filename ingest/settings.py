@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -21,6 +22,9 @@ class BridgeSettings(CommonSettings):
     bridge_session_expiry_s: int = Field(default=3600, ge=0)
     bridge_max_batch: int = Field(default=2000, ge=1)
     bridge_max_unacked: int = Field(default=5000, ge=1)
+    # The MQTT client of the bridge's inbound path: "asyncio" (brokers/mqtt_asyncio.py, MQTT 5 on the
+    # event loop) or "paho" (paho-mqtt 2 in its thread). ingest/README.md, "Bridge MQTT client".
+    bridge_mqtt_client: Literal["asyncio", "paho"] = "paho"
     # Canary through the shared subscription (ingest/canary.py); 0 turns it off.
     bridge_canary_interval_s: float = Field(default=5.0, ge=0)
     bridge_canary_timeout_s: float = Field(default=60.0, gt=0)
