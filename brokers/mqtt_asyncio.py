@@ -40,7 +40,15 @@ from brokers.mqtt_packets import (
     encode_connect,
     encode_disconnect,
 )
-from brokers.mqtt_wire import PINGREQ, RECEIVE_MAXIMUM, SESSION_EXPIRY, reason_name, topic_matches
+from brokers.mqtt_wire import (
+    PINGREQ,
+    RECEIVE_MAXIMUM,
+    SERVER_KEEP_ALIVE,
+    SESSION_EXPIRY,
+    prop,
+    reason_name,
+    topic_matches,
+)
 
 log = logging.getLogger("brokers.mqtt")  # the same logger as the paho client: one place to look
 UNSPECIFIED = 0x80  # the connection closed without a DISCONNECT from the server
@@ -165,13 +173,15 @@ class AsyncioMqttClient:
             raise BrokerError(f"MQTT connect refused: {reason} (reason code {code:#x})")
         log.info("MQTT connected to %s (session present: %s)", cfg.describe(), connack.session_present)
         self._conn = conn
+        keepalive = prop(connack.properties, SERVER_KEEP_ALIVE, cfg.keepalive_s)
+        conn.keepalive = keepalive if isinstance(keepalive, int) else cfg.keepalive_s  # the server's wins
         self._report("connected", code, reason)
         self._out.connected(conn)
         return conn
 
     async def _keep_alive(self, conn: Connection) -> None:
         """PINGREQ every half keepalive until the connection closes; a silent broker is dropped."""
-        keepalive = self.config.keepalive_s
+        keepalive = conn.keepalive
         while not conn.closed.done():
             await asyncio.wait([conn.closed], timeout=keepalive / 2 if keepalive else None)
             if conn.closed.done():

@@ -40,6 +40,7 @@ class Connection(asyncio.Protocol):
         self.server_reason: int | None = None  # from the server's DISCONNECT, if it sent one
         self.last_rx = time.monotonic()
         self.reading_paused = False
+        self.keepalive = 0  # seconds, as agreed in CONNECT/CONNACK
         self._buf = b""
         self._order: collections.deque[int] = collections.deque()
         self._done: set[int] = set()

@@ -16,7 +16,7 @@ from brokers.mqtt_base import MqttClientKind, MqttConfig, make_mqtt_client
 from citysense.settings import CommonSettings
 from ingest.bridge import Bridge
 from ingest.normaliser import Normaliser
-from ingest.settings import BridgeSettings
+from ingest.settings import BRIDGE_MQTT_CLIENT_DEFAULT
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
 from storage.writer import Writer
@@ -46,7 +46,7 @@ async def running_pipeline(
     assert s.kafka_bootstrap and s.mqtt_url
     bus = KafkaBus(KafkaConfig(bootstrap=s.kafka_bootstrap, client_id="test-pipeline", linger_ms=2))
     await create_topics(bus, s)
-    kind = mqtt_client or BridgeSettings.model_fields["bridge_mqtt_client"].default  # as deployed
+    kind = mqtt_client or BRIDGE_MQTT_CLIENT_DEFAULT  # as deployed
     mqtt = make_mqtt_client(kind, MqttConfig(url=s.mqtt_url, username=bridge_user, password=bridge_password),
                             manual_ack=True)
     bridge = Bridge(mqtt, bus.producer(), s.topic_raw, share_group=share_group, dlq_topic=s.topic_dlq)
