@@ -67,6 +67,9 @@ class Connection(asyncio.Protocol):
                 first, length = buf[pos], buf[pos + 1]
                 if length < 0x80:
                     start = pos + 2
+                elif n - pos >= 3 and buf[pos + 2] < 0x80:  # two bytes: PUBLISHes of 128 B to 16 KiB
+                    length = (length & 0x7F) | (buf[pos + 2] << 7)
+                    start = pos + 3
                 else:
                     got = decode_varint(buf, pos + 1)
                     if got is None:

@@ -15,6 +15,7 @@ import pytest
 from brokers.exceptions import BrokerError
 from brokers.mqtt_asyncio import AsyncioMqttClient
 from brokers.mqtt_base import InboundMessage, MqttConfig
+from brokers.mqtt_connection import Connection
 from brokers.mqtt_packets import (
     Connack,
     Connect,
@@ -177,3 +178,19 @@ async def test_after_a_lost_connection_it_reconnects_and_never_acks_the_old_conn
     assert [e[0] for e in events] == ["connected", "disconnected", "connected", "disconnected"]
     assert events[1] == ("disconnected", 0x8E, "Session taken over")
     assert client.disconnects == 2
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+async def test_packets_split_anywhere_across_reads_are_parsed_whole(chunk: int) -> None:
+    """Remaining lengths of one, two and three bytes, cut at every possible place."""
+    sizes = (10, 300, 20_000)
+    wire = b"".join(encode_publish(Publish(f"devices/air/a-{i}/up", bytes([i]) * n, 1, i + 1))
+                    for i, n in enumerate(sizes)) + b"\xd0\x00"  # and a PINGRESP
+    got: list[tuple[str, bytes, int, int]] = []
+    controls: list[Packet] = []
+    conn = Connection(1, lambda _c, topic, payload, qos, pid, _ns: got.append((topic, payload, qos, pid)),
+                      lambda _c, packet: controls.append(packet), lambda _c, _e: None)
+    for i in range(0, len(wire), chunk):
+        conn.data_received(wire[i:i + chunk])
+    assert got == [(f"devices/air/a-{i}/up", bytes([i]) * n, 1, i + 1) for i, n in enumerate(sizes)]
+    assert controls == [Ping(True)]
