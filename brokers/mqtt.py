@@ -10,6 +10,10 @@ is sent only when the caller says the message is safe (for the bridge: in
 Kafka). A semaphore bounds messages handed over but not yet acknowledged;
 when it is exhausted paho's thread blocks, stops reading the socket, and the
 broker holds the backlog: backpressure instead of unbounded memory.
+
+The bridge uses ``brokers/mqtt_asyncio.py`` by default (``CITYSENSE_BRIDGE_MQTT_CLIENT``; paho's
+per-message parsing was most of its CPU, see ingest/README.md); this client serves the simulators'
+devices, the tests and load tests, and the bridge when ``paho`` is chosen.
 """
 
 from __future__ import annotations

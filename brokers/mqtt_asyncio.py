@@ -104,7 +104,7 @@ class AsyncioMqttClient:
         self._closing = True
         conn = self._conn
         if conn is not None and conn.write(encode_disconnect(Disconnect(0))):
-            conn.server_reason = 0
+            conn.server_reason = 0  # ours: a normal disconnection
             assert conn.transport is not None
             conn.transport.close()
         runner.cancel()
@@ -121,12 +121,15 @@ class AsyncioMqttClient:
         while not self._closing:
             try:
                 conn = await self._connect()
-            except (BrokerError, TimeoutError) as exc:
-                if not first.done():
+            except Exception as exc:
+                if not first.done():  # start() raises it
                     first.set_exception(exc)
                     return
+                # Expected failures (refused, unreachable, timed out) in one line; anything else
+                # with its traceback. Either way the bridge keeps trying: it must come back by itself.
+                expected = isinstance(exc, BrokerError | TimeoutError)
                 log.warning("MQTT reconnect to %s failed: %s; next try in %.0fs",
-                            self.config.describe(), exc, delay)
+                            self.config.describe(), exc, delay, exc_info=not expected)
             else:
                 delay = 1.0
                 if not first.done():
