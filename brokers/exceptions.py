@@ -13,6 +13,10 @@ class BrokerUnavailableError(BrokerError):
     retriable = True
 
 
+class MqttProtocolError(BrokerError):
+    """An MQTT packet is malformed or breaks the protocol; the connection is closed."""
+
+
 class CommitFailedError(BrokerError):
     """Offsets could not be committed (the group rebalanced under us).
 
@@ -31,5 +35,6 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
     "CommitFailedError",
+    "MqttProtocolError",
     "NotStartedError",
 ]

@@ -10,6 +10,10 @@ is sent only when the caller says the message is safe (for the bridge: in
 Kafka). A semaphore bounds messages handed over but not yet acknowledged;
 when it is exhausted paho's thread blocks, stops reading the socket, and the
 broker holds the backlog: backpressure instead of unbounded memory.
+
+The bridge uses ``brokers/mqtt_asyncio.py`` by default (``CITYSENSE_BRIDGE_MQTT_CLIENT``; paho's
+per-message parsing was most of its CPU, see ingest/README.md); this client serves the simulators'
+devices, the tests and load tests, and the bridge when ``paho`` is chosen.
 """
 
 from __future__ import annotations
@@ -19,11 +23,8 @@ import collections
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -32,53 +33,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from brokers.exceptions import BrokerError, BrokerUnavailableError, NotStartedError
+from brokers.mqtt_base import ConnectionListener, InboundMessage, MqttConfig
 
 log = logging.getLogger(__name__)
 
-# Called from paho's thread on every connection change: (event, reason code, reason name),
-# event one of "connected", "refused", "disconnected".
-ConnectionListener = Callable[[str, int, str], None]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MqttConfig:
-    url: str = "mqtt://127.0.0.1:18830"
-    username: str | None = None
-    password: str | None = None
-    client_id: str = field(default_factory=lambda: f"citysense-{uuid.uuid4().hex[:12]}")
-    clean_start: bool = True
-    session_expiry_s: int = 0
-    keepalive_s: int = 30
-    max_inflight: int = 1000
-    max_unacked_inbound: int = 5000
-    # paho's reconnect back-off doubles up to this; its default (120 s) would leave a bridge away
-    # for minutes after a broker restart while its queue grows.
-    reconnect_max_s: int = 5
-    # mqtts:// : the CA that signed the broker's certificate (None: the system's CAs), and an
-    # optional client certificate + key.
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl")
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
-            raise BrokerError(f"unsupported MQTT URL scheme in {self.url!r} (use mqtt:// or mqtts://host:port)")
-        return parts.hostname or "127.0.0.1", parts.port or (8883 if self.tls else 1883)
-
-
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    topic: str
-    payload: bytes
-    qos: int
-    mid: int
-    received_ns: int
+__all__ = ["ConnectionListener", "InboundMessage", "MqttClient", "MqttConfig"]
 
 
 def _options(qos: int) -> SubscribeOptions:
@@ -194,8 +153,7 @@ class MqttClient:
 
     # -- paho thread callbacks (never touch asyncio objects directly) --------
     def _describe(self) -> str:
-        host, port = self.config.host_port
-        return f"{host}:{port} as {self.config.username} (client id {self.config.client_id})"
+        return self.config.describe()
 
     def _report(self, event: str, reason: Any) -> None:
         if self._on_connection is not None:

@@ -21,7 +21,7 @@ import time
 
 from brokers.base import Producer
 from brokers.exceptions import BrokerError
-from brokers.mqtt import InboundMessage, MqttClient
+from brokers.mqtt_base import InboundMessage, MqttClientApi
 from citysense.metrics import Metrics
 from citysense.records import DeadLetter, Envelope, encode
 from ingest.broker_stats import SYS_TOPICS, BrokerStats
@@ -51,7 +51,7 @@ def oversize_letter(message: InboundMessage, device_id: str, size: int) -> DeadL
 class Bridge:
     def __init__(
         self,
-        mqtt: MqttClient,
+        mqtt: MqttClientApi,
         producer: Producer,
         raw_topic: str,
         *,
@@ -92,7 +92,8 @@ class Bridge:
         mqtt.set_connection_listener(self._connection_changed)
 
     def _connection_changed(self, event: str, code: int, reason: str) -> None:
-        # paho's thread; prometheus_client is thread-safe. MqttClient logs the change itself.
+        # paho's thread or the event loop (by client); prometheus_client is thread-safe. The client
+        # logs the change itself.
         if self._metrics is not None:
             self._metrics.mqtt_connection_changes.labels("bridge", event, reason).inc()
             self._metrics.mqtt_connected.labels("bridge").set(1 if event == "connected" else 0)

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
+from brokers.mqtt_base import MqttClientKind
 from citysense.settings import CommonSettings
+
+# The bridge's MQTT client unless CITYSENSE_BRIDGE_MQTT_CLIENT says otherwise (ingest/README.md,
+# "Bridge MQTT client"); `citysense up` uses the same setting for its bridge.
+BRIDGE_MQTT_CLIENT_DEFAULT: MqttClientKind = "asyncio"
 
 
 class BridgeSettings(CommonSettings):
@@ -21,6 +26,9 @@ class BridgeSettings(CommonSettings):
     bridge_session_expiry_s: int = Field(default=3600, ge=0)
     bridge_max_batch: int = Field(default=2000, ge=1)
     bridge_max_unacked: int = Field(default=5000, ge=1)
+    # The MQTT client of the bridge's inbound path: "asyncio" (brokers/mqtt_asyncio.py, MQTT 5 on the
+    # event loop) or "paho" (paho-mqtt 2 in its thread).
+    bridge_mqtt_client: MqttClientKind = BRIDGE_MQTT_CLIENT_DEFAULT
     # Canary through the shared subscription (ingest/canary.py); 0 turns it off.
     bridge_canary_interval_s: float = Field(default=5.0, ge=0)
     bridge_canary_timeout_s: float = Field(default=60.0, gt=0)

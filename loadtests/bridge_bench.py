@@ -1,8 +1,8 @@
 """How many uplinks/s one bridge moves from Mosquitto to a bus, without Kafka in the way.
 
 Starts its own Mosquitto (as ``citysense up`` does) on a free loopback port, one bridge
-(paho, MQTT 5, shared subscription, manual PUBACK after the bus has the batch) writing to the
-in-memory bus, and publishes ``--count`` QoS 1 uplinks of ``--size`` bytes over 4 pooled
+(``--client`` asyncio or paho, MQTT 5, shared subscription, manual PUBACK after the bus has the
+batch) writing to the in-memory bus, and publishes ``--count`` QoS 1 uplinks of ``--size`` bytes over 4 pooled
 connections as fast as the broker takes them. Prints publish rate, bridge rate (first to last
 forwarded) and loss. Bounded: stops after ``--count`` or ``--timeout`` seconds.
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from brokers.memory import MemoryBus
-from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttClientKind, MqttConfig, make_mqtt_client
 from citysense.launch.embedded_mqtt import EmbeddedMosquitto, find_mosquitto
 from ingest.bridge import Bridge
 from simulators.mqtt_pool import MqttPool, topic_field
@@ -32,7 +32,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def bench(count: int, size: int, timeout_s: float) -> None:
+async def bench(count: int, size: int, timeout_s: float, client: MqttClientKind = "asyncio") -> None:
     work = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     work.chmod(0o755)  # noqa: ASYNC240 - set-up, before anything runs (the broker may run as nobody)
     broker = EmbeddedMosquitto(work / "mosquitto", free_port(), find_mosquitto() or "mosquitto")
@@ -42,8 +42,8 @@ async def bench(count: int, size: int, timeout_s: float) -> None:
     from brokers.base import TopicSpec
 
     await bus.create_topics([TopicSpec("raw", 8), TopicSpec("dlq", 1)])
-    mqtt = MqttClient(MqttConfig(url=broker.url, username="citysense-bridge", password="b",
-                                 client_id="bench-bridge"), manual_ack=True)
+    mqtt = make_mqtt_client(client, MqttConfig(url=broker.url, username="citysense-bridge", password="b",
+                                               client_id="bench-bridge"), manual_ack=True)
     bridge = Bridge(mqtt, bus.producer(), "raw", dlq_topic="dlq")
     task = asyncio.create_task(bridge.run())
     await bridge.ready.wait()
@@ -85,8 +85,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=50_000)
     ap.add_argument("--size", type=int, default=300)
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--client", choices=("asyncio", "paho"), default="asyncio")
     args = ap.parse_args()
-    asyncio.run(bench(args.count, args.size, args.timeout))
+    asyncio.run(bench(args.count, args.size, args.timeout, args.client))
 
 
 if __name__ == "__main__":

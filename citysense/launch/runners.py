@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from brokers.base import TopicSpec
 from brokers.kafka import KafkaBus, kafka_config
-from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttConfig, make_mqtt_client
 from citysense.exceptions import ConfigurationError
 from citysense.logs import attach_metrics as attach_log_metrics
 from citysense.metrics import Metrics
@@ -80,7 +80,8 @@ def build_bridge(settings: BridgeSettings, metrics: Metrics | None = None) -> Br
     _require(settings.mqtt_url, "MQTT_URL")
     assert settings.mqtt_url is not None
     password = settings.mqtt_bridge_password
-    mqtt = MqttClient(
+    mqtt = make_mqtt_client(
+        settings.bridge_mqtt_client,
         MqttConfig(
             url=settings.mqtt_url,
             username=settings.mqtt_bridge_username,

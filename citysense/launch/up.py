@@ -27,7 +27,7 @@ import psycopg
 
 from brokers.base import Bus
 from brokers.memory import MemoryBus
-from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttConfig, make_mqtt_client
 from citysense.exceptions import ConfigurationError
 from citysense.launch.components import Component, StageComponent
 from citysense.launch.runners import topic_specs
@@ -165,7 +165,7 @@ class Up:
 
     async def _start_stages(self, bus: Bus, env: dict[str, Any], bridge_login: tuple[str, str],
                             registry: Path) -> None:
-        mqtt = MqttClient(MqttConfig(
+        mqtt = make_mqtt_client(self.settings.bridge_mqtt_client, MqttConfig(
             url=env["mqtt_url"], username=bridge_login[0], password=bridge_login[1],
             client_id="citysense-up-bridge", clean_start=False, session_expiry_s=3600,
         ), manual_ack=True)

@@ -17,7 +17,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from brokers.mqtt_base import MqttClientKind
 from citysense.settings import CommonSettings
+from ingest.settings import BRIDGE_MQTT_CLIENT_DEFAULT
 
 
 class UpSettings(CommonSettings):
@@ -37,6 +39,7 @@ class UpSettings(CommonSettings):
     mqtt_loadgen_username: str = "citysense-loadgen"
     mqtt_loadgen_password: SecretStr | None = None
     device_secret: SecretStr | None = None
+    bridge_mqtt_client: MqttClientKind = BRIDGE_MQTT_CLIENT_DEFAULT  # as `citysense bridge`'s
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ import psycopg
 
 from brokers.base import TopicSpec
 from brokers.kafka import KafkaBus, KafkaConfig
-from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttClientKind, MqttConfig, make_mqtt_client
 from citysense.settings import CommonSettings
 from ingest.bridge import Bridge
 from ingest.normaliser import Normaliser
+from ingest.settings import BRIDGE_MQTT_CLIENT_DEFAULT
 from storage.db import open_pool
 from storage.readings_sink import ReadingsSink
 from storage.writer import Writer
@@ -39,14 +40,15 @@ class RunningPipeline:
 @asynccontextmanager
 async def running_pipeline(
     s: CommonSettings, *, bridge_user: str, bridge_password: str, database_url: str | None,
-    share_group: str,
+    share_group: str, mqtt_client: MqttClientKind | None = None,
 ) -> AsyncIterator[RunningPipeline]:
     """Bridge + normaliser (+ writer when a database is given) as tasks, stopped cleanly after."""
     assert s.kafka_bootstrap and s.mqtt_url
     bus = KafkaBus(KafkaConfig(bootstrap=s.kafka_bootstrap, client_id="test-pipeline", linger_ms=2))
     await create_topics(bus, s)
-    mqtt = MqttClient(MqttConfig(url=s.mqtt_url, username=bridge_user, password=bridge_password),
-                      manual_ack=True)
+    kind = mqtt_client or BRIDGE_MQTT_CLIENT_DEFAULT  # as deployed
+    mqtt = make_mqtt_client(kind, MqttConfig(url=s.mqtt_url, username=bridge_user, password=bridge_password),
+                            manual_ack=True)
     bridge = Bridge(mqtt, bus.producer(), s.topic_raw, share_group=share_group, dlq_topic=s.topic_dlq)
     normaliser = Normaliser(bus, raw_topic=s.topic_raw, readings_topic=s.topic_readings,
                             dlq_topic=s.topic_dlq, group=f"{share_group}-normalise")

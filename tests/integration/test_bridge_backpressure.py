@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from brokers.base import KeyValue
-from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttClientKind, MqttConfig, make_mqtt_client
 from citysense.records import decode_dead_letter, decode_envelope
 from ingest.bridge import Bridge
 from simulators.air import air_device_ids
@@ -44,11 +44,11 @@ class StalledProducer:
 
 
 async def test_stalled_kafka_bounds_what_the_bridge_holds_and_acknowledges_nothing(
-    service_env: ServiceEnv, unique: str
+    service_env: ServiceEnv, unique: str, mqtt_client_kind: MqttClientKind,
 ) -> None:
     producer = StalledProducer()
-    mqtt = MqttClient(
-        MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
+    mqtt = make_mqtt_client(
+        mqtt_client_kind, MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
                    password=service_env.bridge_password, max_unacked_inbound=MAX_UNACKED),
         manual_ack=True,
     )
@@ -88,13 +88,13 @@ async def test_stalled_kafka_bounds_what_the_bridge_holds_and_acknowledges_nothi
 
 
 async def test_an_envelope_too_large_for_kafka_is_dead_lettered_and_acknowledged(
-    service_env: ServiceEnv, unique: str
+    service_env: ServiceEnv, unique: str, mqtt_client_kind: MqttClientKind,
 ) -> None:
     """Unacknowledged, it would come back after every restart and stall the bridge for good."""
     producer = StalledProducer()
     producer.release.set()
-    mqtt = MqttClient(
-        MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
+    mqtt = make_mqtt_client(
+        mqtt_client_kind, MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
                    password=service_env.bridge_password), manual_ack=True)
     bridge = Bridge(mqtt, producer, "raw", share_group=f"test-{unique}", dlq_topic="dlq",
                     max_envelope_bytes=2_000)

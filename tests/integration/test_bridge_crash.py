@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from brokers.kafka import KafkaBus
+from brokers.mqtt_base import MqttClientKind
 from citysense.records import decode_envelope
 from citysense.settings import CommonSettings
 from ingest.codecs import codec_named
@@ -27,7 +28,9 @@ DEVICES = 50
 UPLINKS_PER_DEVICE = 100
 
 
-def _start_bridge(s: CommonSettings, env: ServiceEnv, unique: str) -> subprocess.Popen[bytes]:
+def _start_bridge(
+    s: CommonSettings, env: ServiceEnv, unique: str, kind: MqttClientKind,
+) -> subprocess.Popen[bytes]:
     child_env = {
         **os.environ,
         "CITYSENSE_KAFKA_BOOTSTRAP": env.kafka_bootstrap,
@@ -42,6 +45,7 @@ def _start_bridge(s: CommonSettings, env: ServiceEnv, unique: str) -> subprocess
         "CITYSENSE_BRIDGE_CLIENT_ID": f"test-bridge-{unique}",  # same id after the restart
         "CITYSENSE_BRIDGE_SESSION_EXPIRY_S": "120",
         "CITYSENSE_BRIDGE_MAX_BATCH": "50",
+        "CITYSENSE_BRIDGE_MQTT_CLIENT": kind,
     }
     return subprocess.Popen([sys.executable, "-m", "citysense", "bridge"], env=child_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -81,7 +85,8 @@ async def _raw_uplinks(bus: KafkaBus, topic: str, group: str) -> list[tuple[str,
 
 
 async def test_sigkilled_bridge_restarted_with_its_session_loses_nothing(
-    service_env: ServiceEnv, pipeline_settings: CommonSettings, kafka_bus: KafkaBus, unique: str
+    service_env: ServiceEnv, pipeline_settings: CommonSettings, kafka_bus: KafkaBus, unique: str,
+    mqtt_client_kind: MqttClientKind,
 ) -> None:
     s = pipeline_settings
     await create_topics(kafka_bus, s)
@@ -89,7 +94,7 @@ async def test_sigkilled_bridge_restarted_with_its_session_loses_nothing(
     uplinks = list(interleaved_air_uplinks(ids, UPLINKS_PER_DEVICE, seed=3, start_ns=1_750_000_000 * 10**9))
     expected = {(u.device_id, u.batch.readings[0].seq) for u in uplinks}
 
-    bridge = _start_bridge(s, service_env, unique)
+    bridge = _start_bridge(s, service_env, unique, mqtt_client_kind)
     fleet = Fleet(service_env.mqtt_url, service_env.device_secret, ids)
     await fleet.start()
     try:
@@ -101,7 +106,7 @@ async def test_sigkilled_bridge_restarted_with_its_session_loses_nothing(
         bridge.wait(timeout=10)
         stats = await publishing  # the broker keeps queueing for the dead bridge's session
         assert (stats.acked, stats.errors) == (len(uplinks), 0)
-        bridge = _start_bridge(s, service_env, unique)
+        bridge = _start_bridge(s, service_env, unique, mqtt_client_kind)
 
         async def raw_complete() -> bool:
             group = f"check-{unique}-{os.urandom(4).hex()}"

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from brokers.base import TopicSpec
 from brokers.memory import MemoryBus
-from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttClientApi, MqttClientKind, MqttConfig, make_mqtt_client
 from citysense.metrics import Metrics
 from ingest.bridge import Bridge
 from tests.conftest import ServiceEnv
@@ -20,16 +20,17 @@ from tests.integration.pipeline import wait_until
 pytestmark = pytest.mark.services
 
 
-def bridge_client(env: ServiceEnv, client_id: str) -> MqttClient:
-    return MqttClient(MqttConfig(url=env.mqtt_url, username=env.bridge_username, password=env.bridge_password,
-                                 client_id=client_id), manual_ack=True)
+def bridge_client(env: ServiceEnv, client_id: str, kind: MqttClientKind) -> MqttClientApi:
+    config = MqttConfig(url=env.mqtt_url, username=env.bridge_username, password=env.bridge_password,
+                        client_id=client_id)
+    return make_mqtt_client(kind, config, manual_ack=True)
 
 
-async def start_bridge(env: ServiceEnv, unique: str, registry: CollectorRegistry,
+async def start_bridge(env: ServiceEnv, unique: str, registry: CollectorRegistry, kind: MqttClientKind,
                        timeout_s: float = 1.5) -> tuple[Bridge, asyncio.Task[None]]:
     bus = MemoryBus()
     await bus.create_topics([TopicSpec("raw", 1), TopicSpec("dlq", 1)])
-    bridge = Bridge(bridge_client(env, f"citysense-bridge-{unique}"), bus.producer(), "raw",
+    bridge = Bridge(bridge_client(env, f"citysense-bridge-{unique}", kind), bus.producer(), "raw",
                     share_group=f"test-{unique}", dlq_topic="dlq", metrics=Metrics(registry),
                     canary_interval_s=0.2, canary_timeout_s=timeout_s)
     task = asyncio.create_task(bridge.run())
@@ -47,10 +48,10 @@ def canaries(registry: CollectorRegistry, outcome: str) -> float:
 
 
 async def test_canaries_come_back_when_the_bridge_is_alone_in_its_group(
-    service_env: ServiceEnv, unique: str
+    service_env: ServiceEnv, unique: str, mqtt_client_kind: MqttClientKind,
 ) -> None:
     registry = CollectorRegistry()
-    bridge, task = await start_bridge(service_env, unique, registry)
+    bridge, task = await start_bridge(service_env, unique, registry, mqtt_client_kind)
     try:
         await asyncio.sleep(3.0)
         assert registry.get_sample_value("citysense_mqtt_connected", {"stage": "bridge"}) == 1
@@ -62,13 +63,13 @@ async def test_canaries_come_back_when_the_bridge_is_alone_in_its_group(
 
 
 async def test_bridge_notices_a_competing_consumer_in_its_shared_subscription(
-    service_env: ServiceEnv, unique: str, caplog: pytest.LogCaptureFixture
+    service_env: ServiceEnv, unique: str, caplog: pytest.LogCaptureFixture, mqtt_client_kind: MqttClientKind,
 ) -> None:
     registry = CollectorRegistry()
-    bridge, task = await start_bridge(service_env, unique, registry)
+    bridge, task = await start_bridge(service_env, unique, registry, mqtt_client_kind)
     # Something that is not a bridge joins the group (here with the bridge's login: devices no
     # longer can) and swallows its share.
-    thief = bridge_client(service_env, f"thief-{unique}")
+    thief = bridge_client(service_env, f"thief-{unique}", "paho")
     await thief.start()
     try:
         await thief.subscribe(f"$share/test-{unique}/devices/+/+/up", qos=1)
@@ -82,14 +83,14 @@ async def test_bridge_notices_a_competing_consumer_in_its_shared_subscription(
 
 
 async def test_bridge_logs_and_counts_losing_its_connection(
-    service_env: ServiceEnv, unique: str, caplog: pytest.LogCaptureFixture
+    service_env: ServiceEnv, unique: str, caplog: pytest.LogCaptureFixture, mqtt_client_kind: MqttClientKind,
 ) -> None:
     registry = CollectorRegistry()
     with caplog.at_level(logging.INFO, logger="brokers.mqtt"):
-        bridge, task = await start_bridge(service_env, unique, registry)
+        bridge, task = await start_bridge(service_env, unique, registry, mqtt_client_kind)
         try:
             # Another connection with the bridge's client id takes its session over (0x8E).
-            intruder = bridge_client(service_env, f"citysense-bridge-{unique}")
+            intruder = bridge_client(service_env, f"citysense-bridge-{unique}", "paho")
             await intruder.start()
             await intruder.stop()
             await wait_until(lambda: _true(_changes(registry, "connected") >= 2), 20,

@@ -15,6 +15,7 @@ import pytest
 
 from brokers.exceptions import BrokerError
 from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttClientApi, MqttClientKind, make_mqtt_client
 from citysense.credentials import device_password
 from citysense.settings import CommonSettings
 from tests.conftest import ServiceEnv
@@ -35,7 +36,7 @@ def device_client(env: ServiceEnv, device_id: str, *, client_id: str | None = No
     ))
 
 
-async def drain(sub: MqttClient, expect: int, timeout_s: float = 20.0) -> list[str]:
+async def drain(sub: MqttClientApi, expect: int, timeout_s: float = 20.0) -> list[str]:
     """Topics received: until ``expect`` arrived (or ``timeout_s``), then any surplus for 0.5 s."""
     got: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -50,11 +51,13 @@ async def drain(sub: MqttClient, expect: int, timeout_s: float = 20.0) -> list[s
 
 
 @pytest.fixture
-async def bridge_sub(service_env: ServiceEnv, unique: str) -> AsyncIterator[tuple[MqttClient, str]]:
+async def bridge_sub(
+    service_env: ServiceEnv, unique: str, mqtt_client_kind: MqttClientKind,
+) -> AsyncIterator[tuple[MqttClientApi, str]]:
     group = f"test-{unique}"
-    sub = MqttClient(MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
-                                password=service_env.bridge_password, client_id=f"citysense-bridge-{unique}"),
-                     manual_ack=True)
+    sub = make_mqtt_client(mqtt_client_kind, MqttConfig(
+        url=service_env.mqtt_url, username=service_env.bridge_username, password=service_env.bridge_password,
+        client_id=f"citysense-bridge-{unique}"), manual_ack=True)
     await sub.start()
     await sub.subscribe(f"$share/{group}/devices/+/+/up", qos=1)
     try:
@@ -82,7 +85,7 @@ async def publish_uplinks(env: ServiceEnv, device_id: str, n: int) -> None:
     "$share/{group}/#",
 ])
 async def test_device_cannot_subscribe_to_uplinks_and_bridge_gets_every_one(
-    service_env: ServiceEnv, bridge_sub: tuple[MqttClient, str], topic_filter: str,
+    service_env: ServiceEnv, bridge_sub: tuple[MqttClientApi, str], topic_filter: str,
 ) -> None:
     sub, group = bridge_sub
     # A persistent session: on main the stolen share lived on while the device was offline.
@@ -112,7 +115,7 @@ async def test_device_may_subscribe_to_its_own_downlink(service_env: ServiceEnv)
 
 
 async def test_device_cannot_take_over_the_bridges_client_id(
-    service_env: ServiceEnv, bridge_sub: tuple[MqttClient, str], unique: str,
+    service_env: ServiceEnv, bridge_sub: tuple[MqttClientApi, str], unique: str,
 ) -> None:
     sub, _ = bridge_sub
     thief = device_client(service_env, "air-0093", client_id=f"citysense-bridge-{unique}")
@@ -138,7 +141,7 @@ async def test_device_client_id_must_be_its_id(service_env: ServiceEnv) -> None:
     "devices/_canary/air-0095/up",
 ])
 async def test_device_publishes_only_as_its_own_kind_and_id(
-    service_env: ServiceEnv, bridge_sub: tuple[MqttClient, str], topic: str,
+    service_env: ServiceEnv, bridge_sub: tuple[MqttClientApi, str], topic: str,
 ) -> None:
     sub, _ = bridge_sub
     dev = device_client(service_env, "air-0095")
@@ -181,14 +184,14 @@ async def test_wrong_device_password_is_refused(service_env: ServiceEnv) -> None
 
 
 async def test_real_bridge_forwards_every_uplink_while_a_device_tries_to_join_its_group(
-    service_env: ServiceEnv, pipeline_settings: CommonSettings, unique: str,
+    service_env: ServiceEnv, pipeline_settings: CommonSettings, unique: str, mqtt_client_kind: MqttClientKind,
 ) -> None:
     """End to end with the real bridge and Kafka: exact count on the raw topic, no canary in it."""
     group = f"test-{unique}"
     hostile = device_client(service_env, "air-0091", session_expiry_s=300)
     async with running_pipeline(pipeline_settings, bridge_user=service_env.bridge_username,
                                 bridge_password=service_env.bridge_password, database_url=None,
-                                share_group=group) as p:
+                                share_group=group, mqtt_client=mqtt_client_kind) as p:
         await hostile.start()
         try:
             for topic_filter in (f"$share/{group}/devices/+/+/up", "$share/citysense-bridge/devices/+/+/up"):

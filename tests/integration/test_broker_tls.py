@@ -10,6 +10,7 @@ import pytest
 
 from brokers.exceptions import BrokerError, BrokerUnavailableError
 from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttClientApi, MqttClientKind, make_mqtt_client
 from citysense.credentials import device_password
 from tests.conftest import ServiceEnv
 
@@ -17,8 +18,9 @@ pytestmark = pytest.mark.services
 
 
 def tls_device(env: ServiceEnv, device_id: str, *, password: str | None = None,
-               ca_file: str | None = None, url: str | None = None) -> MqttClient:
-    return MqttClient(MqttConfig(
+               ca_file: str | None = None, url: str | None = None,
+               kind: MqttClientKind = "paho") -> MqttClientApi:
+    return make_mqtt_client(kind, MqttConfig(
         url=url or env.raw["CITYSENSE_MQTT_TLS_URL"], username=device_id, client_id=device_id,
         password=password if password is not None else device_password(env.device_secret, device_id),
         ca_file=ca_file or env.raw["CITYSENSE_MQTT_CA_FILE"],
@@ -26,13 +28,16 @@ def tls_device(env: ServiceEnv, device_id: str, *, password: str | None = None,
 
 
 async def test_device_publishes_over_tls_and_the_bridge_receives_it(
-    service_env: ServiceEnv, unique: str,
+    service_env: ServiceEnv, unique: str, mqtt_client_kind: MqttClientKind,
 ) -> None:
-    sub = MqttClient(MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
-                                password=service_env.bridge_password, client_id=f"citysense-bridge-{unique}"),
-                     manual_ack=True)
+    sub = make_mqtt_client(mqtt_client_kind, MqttConfig(
+        url=service_env.mqtt_url, username=service_env.bridge_username, password=service_env.bridge_password,
+        client_id=f"citysense-bridge-{unique}"), manual_ack=True)
     await sub.start()
-    dev = tls_device(service_env, "air-0085")
+    dev = MqttClient(MqttConfig(  # publish_many: the paho client's
+        url=service_env.raw["CITYSENSE_MQTT_TLS_URL"], username="air-0085", client_id="air-0085",
+        password=device_password(service_env.device_secret, "air-0085"),
+        ca_file=service_env.raw["CITYSENSE_MQTT_CA_FILE"]))
     try:
         await sub.subscribe(f"$share/test-{unique}/devices/+/+/up", qos=1)
         await dev.start()
@@ -49,8 +54,10 @@ async def test_device_publishes_over_tls_and_the_bridge_receives_it(
     assert got == ["devices/air/air-0085/up"] * 20
 
 
-async def test_wrong_password_over_tls_is_refused(service_env: ServiceEnv) -> None:
-    dev = tls_device(service_env, "air-0086", password="f" * 32)
+async def test_wrong_password_over_tls_is_refused(
+    service_env: ServiceEnv, mqtt_client_kind: MqttClientKind,
+) -> None:
+    dev = tls_device(service_env, "air-0086", password="f" * 32, kind=mqtt_client_kind)
     with pytest.raises(BrokerError, match="connect refused"):
         await dev.start()
     await dev.stop()
@@ -75,18 +82,21 @@ def other_ca(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_a_client_that_trusts_another_ca_refuses_the_broker(
-    service_env: ServiceEnv, other_ca: tuple[Path, Path],
+    service_env: ServiceEnv, other_ca: tuple[Path, Path], mqtt_client_kind: MqttClientKind,
 ) -> None:
-    dev = tls_device(service_env, "air-0087", ca_file=str(other_ca[0]))
+    dev = tls_device(service_env, "air-0087", ca_file=str(other_ca[0]), kind=mqtt_client_kind)
     with pytest.raises(BrokerUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
         await dev.start()
     await dev.stop()
 
 
-async def test_plain_mqtt_is_not_spoken_on_the_tls_port(service_env: ServiceEnv) -> None:
+async def test_plain_mqtt_is_not_spoken_on_the_tls_port(
+    service_env: ServiceEnv, mqtt_client_kind: MqttClientKind,
+) -> None:
     plain_url = service_env.raw["CITYSENSE_MQTT_TLS_URL"].replace("mqtts://", "mqtt://")
-    dev = MqttClient(MqttConfig(url=plain_url, username="air-0088", client_id="air-0088",
-                                password=device_password(service_env.device_secret, "air-0088")))
+    dev = make_mqtt_client(mqtt_client_kind, MqttConfig(
+        url=plain_url, username="air-0088", client_id="air-0088",
+        password=device_password(service_env.device_secret, "air-0088")))
     with pytest.raises(BrokerError):
         await dev.start()
     await dev.stop()
@@ -109,21 +119,24 @@ def local_ca(service_env: ServiceEnv) -> tuple[Path, Path]:
     return ca_cert, ca_cert.with_name("ca.key")
 
 
-def cert_device(env: ServiceEnv, cert: tuple[str, str], client_id: str) -> MqttClient:
-    return MqttClient(MqttConfig(url=env.raw["CITYSENSE_MQTT_TLS_CERT_URL"], client_id=client_id,
+def cert_device(env: ServiceEnv, cert: tuple[str, str], client_id: str,
+                kind: MqttClientKind = "paho") -> MqttClientApi:
+    return make_mqtt_client(kind, MqttConfig(url=env.raw["CITYSENSE_MQTT_TLS_CERT_URL"], client_id=client_id,
                                  ca_file=env.raw["CITYSENSE_MQTT_CA_FILE"],
                                  cert_file=cert[0], key_file=cert[1]))
 
 
 async def test_device_logs_in_by_certificate_as_its_cn_and_nothing_more(
     service_env: ServiceEnv, local_ca: tuple[Path, Path], tmp_path: Path, unique: str,
+    mqtt_client_kind: MqttClientKind,
 ) -> None:
-    sub = MqttClient(MqttConfig(url=service_env.mqtt_url, username=service_env.bridge_username,
-                                password=service_env.bridge_password, client_id=f"citysense-bridge-{unique}"),
-                     manual_ack=True)
+    sub = make_mqtt_client(mqtt_client_kind, MqttConfig(
+        url=service_env.mqtt_url, username=service_env.bridge_username, password=service_env.bridge_password,
+        client_id=f"citysense-bridge-{unique}"), manual_ack=True)
     await sub.start()
     # It asks for the bridge's client id: the broker gives it its CN instead, so the bridge stays.
-    dev = cert_device(service_env, device_cert(tmp_path, local_ca, "air-0089"), f"citysense-bridge-{unique}")
+    dev = cert_device(service_env, device_cert(tmp_path, local_ca, "air-0089"), f"citysense-bridge-{unique}",
+                      mqtt_client_kind)
     try:
         await sub.subscribe(f"$share/test-{unique}/devices/+/+/up", qos=1)
         await dev.start()

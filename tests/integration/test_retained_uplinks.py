@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from brokers.mqtt import MqttClient, MqttConfig
+from brokers.mqtt_base import MqttClientKind, MqttConfig, make_mqtt_client
 from tests.conftest import ServiceEnv
 from tests.integration.test_broker_security import device_client, drain
 
@@ -17,12 +17,12 @@ pytestmark = pytest.mark.services
 
 
 async def test_a_retained_uplink_is_not_sent_again_when_the_bridge_subscribes(
-    service_env: ServiceEnv, unique: str,
+    service_env: ServiceEnv, unique: str, mqtt_client_kind: MqttClientKind,
 ) -> None:
     topic = "devices/air/air-0097/up"  # air-0097 may publish only to its own topic
     device = device_client(service_env, "air-0097")
     await device.start()
-    bridge = MqttClient(MqttConfig(
+    bridge = make_mqtt_client(mqtt_client_kind, MqttConfig(
         url=service_env.mqtt_url, username=service_env.bridge_username,
         password=service_env.bridge_password, client_id=f"citysense-bridge-{unique}"), manual_ack=True)
     try:

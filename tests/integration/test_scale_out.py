@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
+from brokers.mqtt_base import MqttClientKind
 from loadtests.e2e_measure import scrape, total
 from loadtests.e2e_stack import Stack
 from simulators.air import air_device_ids, air_uplinks
@@ -43,9 +44,12 @@ async def _wait_for_members(stack: Stack, group: str, members: int, timeout_s: f
         await admin.close()
 
 
-async def test_two_bridges_and_two_normalisers_share_the_load_exactly(service_env: ServiceEnv) -> None:
+async def test_two_bridges_and_two_normalisers_share_the_load_exactly(
+    service_env: ServiceEnv, mqtt_client_kind: MqttClientKind,
+) -> None:
     stack = Stack(partitions=4, instances={"bridge": 2, "normalise": 2},
-                  extra_env={"CITYSENSE_BRIDGE_MAX_BATCH": "20", "CITYSENSE_NORMALISE_MAX_RECORDS": "20"})
+                  extra_env={"CITYSENSE_BRIDGE_MAX_BATCH": "20", "CITYSENSE_NORMALISE_MAX_RECORDS": "20",
+                             "CITYSENSE_BRIDGE_MQTT_CLIENT": mqtt_client_kind})
     await stack.start()
     try:
         await _wait_for_members(stack, stack.groups["normalise"], 2)

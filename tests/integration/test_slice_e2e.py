@@ -10,6 +10,7 @@ import time
 import psycopg
 import pytest
 
+from brokers.mqtt_base import MqttClientKind
 from citysense.settings import CommonSettings
 from simulators.air import air_device_ids
 from simulators.fleet import Fleet
@@ -24,7 +25,8 @@ UPLINKS_PER_DEVICE = 100  # 10,000 uplinks, 6 readings each
 
 
 async def test_ten_thousand_uplinks_from_a_hundred_devices_land_exactly_once(
-    service_env: ServiceEnv, pipeline_settings: CommonSettings, database: str, unique: str
+    service_env: ServiceEnv, pipeline_settings: CommonSettings, database: str, unique: str,
+    mqtt_client_kind: MqttClientKind,
 ) -> None:
     ids = air_device_ids(DEVICES)
     # A recent, minute-aligned start (inside any retention window), different for every run.
@@ -42,7 +44,7 @@ async def test_ten_thousand_uplinks_from_a_hundred_devices_land_exactly_once(
         async with running_pipeline(
             pipeline_settings, bridge_user=service_env.bridge_username,
             bridge_password=service_env.bridge_password, database_url=database,
-            share_group=f"test-{unique}",
+            share_group=f"test-{unique}", mqtt_client=mqtt_client_kind,
         ) as pipeline:
             stats = await fleet.publish_all(uplinks, qos=1)
             assert (stats.sent, stats.acked, stats.errors) == (10_000, 10_000, 0)
