@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brokers.mqtt_broker.exceptions import AccessFileError
-from brokers.mqtt_broker.topics import covers, matches
+from brokers.mqtt_broker.topics import covers
+from brokers.mqtt_wire import topic_matches
 
 READ, WRITE = 1, 2
 _MODES = {"read": READ, "write": WRITE, "readwrite": READ | WRITE}
@@ -125,7 +126,7 @@ class Access:
 
 
 def may_write(rules: tuple[tuple[int, str], ...], topic: str) -> bool:
-    return any(mode & WRITE and matches(f, topic) for mode, f in rules)
+    return any(mode & WRITE and topic_matches(f, topic) for mode, f in rules)
 
 
 def may_subscribe(rules: tuple[tuple[int, str], ...], topic_filter: str) -> bool:

@@ -7,11 +7,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from brokers.exceptions import MqttProtocolError
 from brokers.mqtt_broker import packets as p
 from brokers.mqtt_broker.access import may_subscribe, may_write
 from brokers.mqtt_broker.exceptions import ProtocolError
 from brokers.mqtt_broker.sessions import Session
 from brokers.mqtt_broker.topics import split_shared, valid_filter
+from brokers.mqtt_wire import decode_varint
 
 if TYPE_CHECKING:
     from brokers.mqtt_broker.server import MqttBroker
@@ -64,15 +66,16 @@ class Connection(asyncio.Protocol):
         self.last_seen = time.monotonic()
         try:
             self._parse()
-        except ProtocolError as exc:
+        except MqttProtocolError as exc:
+            reason = exc.reason if isinstance(exc, ProtocolError) else p.MALFORMED
             log.info("embedded broker: closing %s: %s", self.session and self.session.client_id, exc)
-            self.close(p.disconnect(self.version, exc.reason) if self.session else b"")
+            self.close(p.disconnect(self.version, reason) if self.session else b"")
         self._flush()
 
     def _parse(self) -> None:
         buf, pos = self.buffer, 0
         while self.transport is not None and len(buf) - pos >= 2:
-            got = p.read_varint(buf, pos + 1)
+            got = decode_varint(buf, pos + 1)
             if got is None:
                 break
             length, start = got

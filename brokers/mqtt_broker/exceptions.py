@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from brokers.exceptions import BrokerError
+from brokers.exceptions import BrokerError, MqttProtocolError
 
 
-class ProtocolError(BrokerError):
-    """A client broke the MQTT protocol; its connection is closed with ``reason`` (MQTT 5 code)."""
+class ProtocolError(MqttProtocolError):
+    """A client broke the MQTT protocol; its connection is closed with ``reason`` (MQTT 5 code).
+
+    The wire layer's own ``MqttProtocolError`` (a malformed field) closes it with 0x81."""
 
     def __init__(self, message: str, reason: int) -> None:
         super().__init__(message)

@@ -20,7 +20,7 @@ from brokers.mqtt_broker.exceptions import AccessFileError
 from brokers.mqtt_broker.packets import Publish
 from brokers.mqtt_broker.sessions import Session, SubscriptionTree
 
-FORMAT = 1
+FORMAT = 2  # 2: raw properties keep their length prefix
 
 
 def _message(msg: Publish, qos: int) -> list[Any]:

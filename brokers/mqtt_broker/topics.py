@@ -1,4 +1,4 @@
-"""Topic names and filters: validity, matching and shared-subscription names."""
+"""Topic filters: validity, shared-subscription names and ACL coverage (matching: ``mqtt_wire``)."""
 
 from __future__ import annotations
 
@@ -23,22 +23,6 @@ def split_shared(topic_filter: str) -> tuple[str | None, str]:
     if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1] or not parts[2]:
         raise ValueError(f"malformed shared subscription {topic_filter!r}")
     return parts[1], parts[2]
-
-
-def matches(topic_filter: str, topic: str) -> bool:
-    """Does ``topic`` (a name, no wildcards) match ``topic_filter``?
-
-    A filter starting with a wildcard does not match ``$`` topics ($SYS and the like).
-    """
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    f_levels, t_levels = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(f_levels):
-        if level == "#":
-            return True
-        if i >= len(t_levels) or (level != "+" and level != t_levels[i]):
-            return False
-    return len(f_levels) == len(t_levels)
 
 
 def covers(rule: str, topic_filter: str) -> bool:
