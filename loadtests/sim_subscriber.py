@@ -15,7 +15,8 @@ import struct
 import sys
 import time
 
-from simulators.mqtt_pool import connect_packet, topic_field, varint
+from brokers.mqtt_wire import encode_varint as varint
+from simulators.mqtt_pool import connect_packet, topic_field
 
 HOST, PORT = "127.0.0.1", int(os.environ.get("CITYSENSE_MQTT_PORT", "18830"))
 

@@ -23,18 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from brokers.exceptions import BrokerError, BrokerUnavailableError
+from brokers.mqtt_wire import encode_varint as varint
 
 _U16 = struct.Struct(">H")
 CONNACK, PUBACK, PINGRESP = 0x20, 0x40, 0xD0
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 # Fixed headers (type + remaining length) of QoS 0 / QoS 1 PUBLISHes by remaining length,

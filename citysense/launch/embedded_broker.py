@@ -12,25 +12,15 @@ since (as it does what the in-memory bus held).
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from citysense.broker_auth import BRIDGE_USER, LOADGEN_USER, acl_text, kind_of
-from citysense.exceptions import ConfigurationError
-
-
-def _hash(password: str) -> str:
-    from simulators.scenario_registry import mosquitto_hash
-
-    return mosquitto_hash(password, secrets.token_bytes(12))
+from citysense.launch.child_process import start_child, stop_child, stop_orphan
+from citysense.launch.embedded_mqtt import hash_password
 
 
 @dataclass
@@ -49,7 +39,7 @@ class EmbeddedBroker:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
         listed = list(devices)
-        lines = [f"{name}:{_hash(pw)}" for name, pw in users.items()]
+        lines = [f"{name}:{hash_password(pw)}" for name, pw in users.items()]
         lines += [f"{device}:{hashed}" for device, _, hashed in listed]
         acl = [acl_text()]
         for device, kind, _ in listed:
@@ -62,55 +52,18 @@ class EmbeddedBroker:
             path.chmod(0o600)
 
     def start(self, timeout_s: float = 10.0) -> None:
-        log = open(self.root.parent / "mqtt-broker.log", "ab")  # noqa: SIM115 - owned by the child
-        self._process = subprocess.Popen(
+        self._process = start_child(
             [sys.executable, "-m", "brokers.mqtt_broker", "--port", str(self.port),
              "--password-file", str(self.root / "passwd"), "--acl-file", str(self.root / "acl"),
              "--pid-file", str(self.root / "broker.pid"), "--state-file", str(self.root / "sessions.json"),
              "--free-client-ids", f"{BRIDGE_USER},{LOADGEN_USER}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches up, which stops the broker last
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise ConfigurationError(
-                    f"the embedded MQTT broker exited at start ({self._process.returncode}); see "
-                    f"{self.root.parent / 'mqtt-broker.log'}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise ConfigurationError(f"the embedded MQTT broker did not listen on 127.0.0.1:{self.port} "
-                                 f"in {timeout_s:.0f}s")
+            self.root.parent / "mqtt-broker.log", self.port, "the embedded MQTT broker", timeout_s)
 
     def stop_orphan(self) -> bool:
         """Stop a broker a killed ``up`` left running on this directory; True if there was one."""
-        try:
-            pid = int((self.root / "broker.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return False
-        if str(self.root / "passwd").encode() not in cmdline:
-            return False  # the pid was reused by something else
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.1)
-        return True
+        return stop_orphan(self.root / "broker.pid", self.root / "passwd")
 
     def stop(self) -> None:
-        """SIGTERM, then wait; idempotent."""
+        """SIGTERM (the broker saves its sessions), then wait; idempotent."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process)

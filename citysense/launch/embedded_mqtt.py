@@ -18,16 +18,14 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from citysense.broker_auth import acl_text, auth_config_lines, dynsec_config, find_dynsec_plugin
 from citysense.exceptions import ConfigurationError
+from citysense.launch.child_process import start_child, stop_child, stop_orphan
 
 RUN_AS = "nobody"
 AUTH_FILES = ("passwd", "acl", "dynamic-security.json")
@@ -51,7 +49,8 @@ def require_dynsec_plugin() -> str:
     return plugin
 
 
-def _hash(password: str) -> str:
+def hash_password(password: str) -> str:
+    """A password file line's hash (Mosquitto's PBKDF2-SHA512 ``$7$`` format), fresh salt."""
     from simulators.scenario_registry import mosquitto_hash
 
     return mosquitto_hash(password, secrets.token_bytes(12))
@@ -76,7 +75,7 @@ class EmbeddedMosquitto:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "store").mkdir(exist_ok=True)
         kinds: dict[str, str] = {}
-        lines = [f"{name}:{_hash(pw)}" for name, pw in users.items()]
+        lines = [f"{name}:{hash_password(pw)}" for name, pw in users.items()]
         for device, kind, hashed in devices:
             lines.append(f"{device}:{hashed}")
             kinds[device] = kind
@@ -105,52 +104,14 @@ class EmbeddedMosquitto:
         self.root.chmod(0o700)
 
     def start(self, timeout_s: float = 10.0) -> None:
-        log = open(self.root.parent / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the child
-        self._process = subprocess.Popen(
-            [self.executable, "-c", str(self.root / "mosquitto.conf")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches up, which stops the broker last
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise ConfigurationError(
-                    f"mosquitto exited at start ({self._process.returncode}); see "
-                    f"{self.root.parent / 'mosquitto.log'}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise ConfigurationError(f"mosquitto did not listen on 127.0.0.1:{self.port} in {timeout_s:.0f}s")
+        self._process = start_child([self.executable, "-c", str(self.root / "mosquitto.conf")],
+                                    self.root.parent / "mosquitto.log", self.port, "mosquitto", timeout_s)
 
     def stop_orphan(self) -> bool:
         """Stop a broker a killed ``up`` left running on this directory; True if there was one."""
-        pid_file = self.root / "mosquitto.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return False
-        if str(self.root / "mosquitto.conf").encode() not in cmdline:
-            return False  # the pid was reused by something else
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.1)
-        return True
+        return stop_orphan(self.root / "mosquitto.pid", self.root / "mosquitto.conf")
 
     def stop(self) -> None:
-        """SIGTERM (mosquitto saves its persistence file), then wait; idempotent."""
+        """SIGTERM (the broker saves its sessions), then wait; idempotent."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process)
