@@ -61,6 +61,7 @@ from loadtests.e2e_measure import (
 )
 from loadtests.e2e_report import print_table, write_chart
 from loadtests.e2e_stack import STAGES, Stack
+from loadtests.e2e_statements import open_statements, print_statements
 from simulators.load import build_streams, round_robin, run_load, with_faults
 from simulators.mqtt_pool import MqttPool
 from simulators.scenario import ScaleScenario, load_scenario
@@ -284,8 +285,13 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
             from loadtests.e2e_ceilings import ceilings
 
             out["ceilings"] = await ceilings(stack, seconds=a.ceiling_seconds)
+        statements, why = await open_statements(stack.database_url)
+        if statements is None:
+            print(f"pg_stat_statements: not reported ({why})", file=sys.stderr)
         bench = Bench(a, stack, drops)
         await bench.start()
+        if statements is not None:  # after the start: the migrations and setup are not the run's
+            await statements.reset()
         steps: list[dict[str, Any]] = []
         out["steps"] = steps
         try:
@@ -301,6 +307,8 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
                     break
             final = await bench.final_refresh()
             cpu_end = bench.cpu.sample()
+            if statements is not None:
+                out["statements"] = await statements.top()
             acked = sum(s["uplinks"]["acked"] for s in steps)
             stored = sum(s["readings"]["rows_stored"] for s in steps)
             whole = {k: round(cpu_end[k] - cpu_start[k], 3) for k in cpu_end}
@@ -362,6 +370,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     chart = a.chart or a.out.with_suffix(".png")
     write_chart(result, chart)
     print_table(result)
+    if result.get("statements"):
+        print_statements(result["statements"])
     print(f"JSON: {a.out}  chart: {chart}")
     return result
 
