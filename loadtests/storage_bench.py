@@ -218,9 +218,6 @@ async def bench_writes(url: str, devices: int, per_device: int, rounds: int) -> 
 
 _GENERATE: tuple[sql.SQL, ...] = (
     *QUERY_DATA,
-    sql.SQL("""INSERT INTO readings_1m
-        SELECT device_id, metric, time, value, 1, value, value, time, value FROM readings
-        WHERE device_id LIKE 'dev-%'"""),
     sql.SQL("""INSERT INTO readings_1h
         SELECT 'dev-' || lpad(d::text, 6, '0'), 'pm25', h, 60 * 50.0, 60, 0, 100,
                h + interval '59 minutes', 50
@@ -230,10 +227,8 @@ _GENERATE: tuple[sql.SQL, ...] = (
 
 
 _DIRTY_TAIL = sql.SQL("""INSERT INTO rollup_dirty (rollup, bucket)
-    SELECT 'readings_1m', m FROM generate_series({now} - interval '2 hours', {now} - interval '1 minute',
-                                                 interval '1 minute') m
-    UNION ALL SELECT 'readings_1h', h FROM generate_series({now} - interval '2 hours',
-                                                           {now} - interval '1 hour', interval '1 hour') h""")
+    SELECT 'readings_1h', h FROM generate_series({now} - interval '2 hours',
+                                                 {now} - interval '1 hour', interval '1 hour') h""")
 
 
 async def bench_queries(url: str) -> None:

@@ -66,6 +66,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "API keys", lambda ctx: [sql.SQL(ddl) for ddl in apikeys.APIKEYS_DDL]),
     Migration(8, "audit trail of consumer offsets moved by an operator",
               lambda ctx: [sql.SQL(ddl) for ddl in audit.DDL]),
+    Migration(9, "no per-device 1-minute rollup; late rows dirty one device's bucket",
+              lambda ctx: schema.drop_minute_rollup(ctx.backend)),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version

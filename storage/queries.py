@@ -1,14 +1,17 @@
 """The query layer used by the API and the alert engine.
 
-The same functions answer on both backends: rollups have the same
-relation names and columns whether they are TimescaleDB continuous
-aggregates or PostgreSQL tables the writer maintains.
+The same functions answer on both backends: the hourly rollup has the same
+relation name and columns whether it is a TimescaleDB continuous aggregate or
+a PostgreSQL table the writer's refresh maintains.
 
 Bucket semantics: buckets are aligned to ``BUCKET_ORIGIN`` (TimescaleDB's
 ``time_bucket`` default), and a query covers every whole bucket touching
 ``[start, end)``. That makes raw rows and rollups give the same answer
 (up to floating-point rounding of averages), so ``series`` is free to serve
-long ranges from the coarsest rollup that divides the bucket.
+long ranges with whole-hour buckets from ``readings_1h``; buckets under an
+hour read ``readings`` by its primary key (device, metric, time): no device
+reports more than once a minute, so a per-device minute rollup would hold as
+many rows (schema migration 9 dropped it).
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from storage.partitions import floor_time
 from storage.schema import BUCKET_ORIGIN, ROLLUPS
 
 Aggregate = Literal["avg", "min", "max", "sum", "count", "last"]
-Source = Literal["auto", "raw", "readings_1m", "readings_1h"]
+Source = Literal["auto", "raw", "readings_1h"]
 GroupBy = Literal["district", "township", "kind", "status"]
 
 MAX_BUCKETS = 100_000
-RAW_MAX_RANGE = timedelta(hours=1)  # longer ranges are served from a rollup when the bucket allows
+RAW_MAX_RANGE = timedelta(hours=1)  # longer ranges are served from the rollup when the bucket allows
 
 _RAW_AGG: dict[str, LiteralString] = {
     "avg": "avg(value)", "min": "min(value)", "max": "max(value)", "sum": "sum(value)",
@@ -74,6 +77,7 @@ def covering(start: datetime, end: datetime, bucket: timedelta) -> tuple[datetim
 
 
 def choose_source(start: datetime, end: datetime, bucket: timedelta) -> Source:
+    """Raw rows, or the coarsest rollup whose width divides the bucket (whole hours)."""
     if end - start <= RAW_MAX_RANGE:
         return "raw"
     for name, width in sorted(ROLLUPS.items(), key=lambda kv: kv[1], reverse=True):

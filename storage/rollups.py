@@ -1,10 +1,13 @@
 """Rollup refresh on the PostgreSQL path: recompute dirty buckets from raw rows.
 
-The writer does not touch ``readings_1m`` / ``readings_1h``; it appends the
-buckets a batch touched to ``rollup_dirty`` (no key, so writers never wait on
-each other). ``refresh`` takes the *closed* dirty buckets (bucket end <= now),
-deletes their entries and recomputes those buckets from ``readings`` with
-``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``, all under one
+The writer does not touch ``readings_1h``; it appends the buckets a batch
+touched to ``rollup_dirty`` (no key, so writers never wait on each other): the
+whole bucket (``device_id`` NULL) while it is open, and once it has closed, the
+devices whose late rows it met. ``refresh`` takes the *closed* dirty buckets
+(bucket end <= now), deletes their entries and recomputes from ``readings``
+with ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``: a bucket with a
+whole entry for all devices (read through the BRIN index on time), otherwise
+only the listed devices' rows of it (by the primary key), all under one
 snapshot (REPEATABLE READ), so:
 
 - recomputing from raw rows is idempotent and takes late rows at their real time;
@@ -25,7 +28,7 @@ does nothing. One refresh runs at a time (advisory lock; others return at once).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from psycopg import pq, sql
@@ -42,42 +45,73 @@ _LOCK_KEY = 0x726F6C6C  # "roll"
 
 @dataclass(slots=True)
 class RefreshReport:
-    buckets: dict[str, int]  # rollup -> buckets recomputed
+    buckets: dict[str, int]  # rollup -> whole buckets recomputed (every device)
+    devices: dict[str, int] = field(default_factory=dict)  # rollup -> (bucket, device) recomputed
     skipped: int = 0  # dirty buckets before the retention horizon, dropped unrecomputed
     busy: bool = False  # another refresh held the lock
 
     def summary(self) -> str:
-        done = ", ".join(f"{n} {name}" for name, n in self.buckets.items())
+        done = ", ".join(f"{n} {name} (+{self.devices.get(name, 0)} device buckets)"
+                         for name, n in self.buckets.items())
         return f"rollups refreshed: {done or 'nothing'}; {self.skipped} past retention skipped"
 
 
-def _recompute(name: str, width: timedelta) -> sql.Composed:
+def _insert(name: str) -> sql.Composed:
     return sql.SQL(
-        """INSERT INTO {rollup} AS r (device_id, metric, bucket, value_sum, value_count,
-                                      value_min, value_max, last_time, last_value)
-           SELECT device_id, metric, date_bin({width}, time, {origin}), sum(value), count(*),
-                  min(value), max(value), max(time), (array_agg(value ORDER BY time DESC))[1]
-           FROM readings WHERE time >= %(lo)s AND time < %(hi)s
-           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        """INSERT INTO {} AS r (device_id, metric, bucket, value_sum, value_count,
+                                value_min, value_max, last_time, last_value)""").format(sql.Identifier(name))
+
+
+# Group the raw rows to rollup rows and store those that changed.
+_UPSERT = sql.SQL(
+    """GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
                value_sum = excluded.value_sum, value_count = excluded.value_count,
                value_min = excluded.value_min, value_max = excluded.value_max,
                last_time = excluded.last_time, last_value = excluded.last_value
            WHERE (r.value_sum, r.value_count, r.value_min, r.value_max, r.last_time, r.last_value)
                  IS DISTINCT FROM (excluded.value_sum, excluded.value_count, excluded.value_min,
-                                   excluded.value_max, excluded.last_time, excluded.last_value)"""
-    ).format(rollup=sql.Identifier(name), width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN))
+                                   excluded.value_max, excluded.last_time, excluded.last_value)""")
+
+
+def _recompute(name: str, width: timedelta) -> sql.Composed:
+    """Every device's rows of the buckets in ``[lo, hi)``."""
+    return sql.SQL(
+        """{insert}
+           SELECT device_id, metric, date_bin({width}, time, {origin}), sum(value), count(*),
+                  min(value), max(value), max(time), (array_agg(value ORDER BY time DESC))[1]
+           FROM readings WHERE time >= %(lo)s AND time < %(hi)s
+           {upsert}"""
+    ).format(insert=_insert(name), width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN),
+             upsert=_UPSERT)
+
+
+def _recompute_devices(name: str, width: timedelta) -> sql.Composed:
+    """The rows of one device in one bucket, for each (bucket, device) pair given: a primary-key
+    range per pair, the partition found at run time."""
+    return sql.SQL(
+        """{insert}
+           SELECT u.device_id, x.metric, u.bucket, sum(x.value), count(*), min(x.value), max(x.value),
+                  max(x.time), (array_agg(x.value ORDER BY x.time DESC))[1]
+           FROM unnest(%(buckets)s::timestamptz[], %(devices)s::text[]) AS u (bucket, device_id)
+           CROSS JOIN LATERAL (SELECT metric, time, value FROM readings
+                               WHERE device_id = u.device_id AND time >= u.bucket
+                                 AND time < u.bucket + {width}) x
+           {upsert}"""
+    ).format(insert=_insert(name), width=sql.Literal(width), upsert=_UPSERT)
 
 
 _TAKE_CLOSED = sql.SQL(
-    "DELETE FROM rollup_dirty WHERE rollup = %(rollup)s AND bucket <= %(closed)s RETURNING bucket")
+    "DELETE FROM rollup_dirty WHERE rollup = %(rollup)s AND bucket <= %(closed)s"
+    " RETURNING bucket, device_id")
 
-# Open buckets get one entry per write; keep one per bucket so the table (read by every
-# rollup query) stays small. Entries committed after our snapshot are left alone.
+# Open buckets get one entry per write; keep one per bucket (and device) so the table (read
+# by every rollup query) stays small. Entries committed after our snapshot are left alone.
 _COMPACT_OPEN = sql.SQL(
     """WITH gone AS (DELETE FROM rollup_dirty WHERE rollup = %(rollup)s AND bucket > %(closed)s
-                     RETURNING bucket)
-       INSERT INTO rollup_dirty (rollup, bucket) SELECT DISTINCT %(rollup)s, bucket FROM gone""")
+                     RETURNING bucket, device_id)
+       INSERT INTO rollup_dirty (rollup, bucket, device_id)
+       SELECT DISTINCT %(rollup)s, bucket, device_id FROM gone""")
 
 
 def runs(buckets: list[datetime], width: timedelta) -> list[tuple[datetime, datetime]]:
@@ -93,7 +127,7 @@ def runs(buckets: list[datetime], width: timedelta) -> list[tuple[datetime, date
 
 async def refresh(conn: Conn, *, now: datetime | None = None) -> RefreshReport:
     """Recompute every closed dirty bucket of every rollup; the connection must be idle."""
-    report = RefreshReport({name: 0 for name in ROLLUPS})
+    report = RefreshReport({name: 0 for name in ROLLUPS}, {name: 0 for name in ROLLUPS})
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise RuntimeError("refresh needs an idle connection (it runs its own REPEATABLE READ transaction)")
     now = now or datetime.now(UTC)
@@ -112,11 +146,17 @@ async def refresh(conn: Conn, *, now: datetime | None = None) -> RefreshReport:
         for name, width in ROLLUPS.items():
             await conn.execute(_COMPACT_OPEN, {"rollup": name, "closed": now - width})
             cur = await conn.execute(_TAKE_CLOSED, {"rollup": name, "closed": now - width})
-            taken = sorted({r[0] for r in await cur.fetchall()})
-            keep = [b for b in taken if horizon is None or b >= horizon]
-            report.skipped += len(taken) - len(keep)
-            statement = _recompute(name, width)
-            for lo, hi in runs(keep, width):
-                await conn.execute(statement, {"lo": lo, "hi": hi})
-            report.buckets[name] = len(keep)
+            taken: set[tuple[datetime, str | None]] = {(r[0], r[1]) for r in await cur.fetchall()}
+            kept = {e for e in taken if horizon is None or e[0] >= horizon}
+            report.skipped += len({b for b, _ in taken}) - len({b for b, _ in kept})
+            whole = sorted({b for b, device in kept if device is None})
+            for lo, hi in runs(whole, width):
+                await conn.execute(_recompute(name, width), {"lo": lo, "hi": hi})
+            covered = set(whole)
+            pairs = sorted((b, d) for b, d in kept if d is not None and b not in covered)
+            if pairs:
+                await conn.execute(_recompute_devices(name, width), {
+                    "buckets": [b for b, _ in pairs], "devices": [d for _, d in pairs]})
+            report.buckets[name] = len(whole)
+            report.devices[name] = len(pairs)
     return report

@@ -8,12 +8,14 @@ layer needs no branches:
   TimescaleDB: hypertables, compressed and retained by policy. PostgreSQL:
   range-partitioned by ``time``, partitions made ahead and on demand and
   dropped by retention (``storage.partitions``).
-- ``readings_1m``, ``readings_1h``: rollups with ``value_sum``,
+- ``readings_1h``: per-device hourly rollup with ``value_sum``,
   ``value_count``, ``value_min``, ``value_max``, ``last_time``,
-  ``last_value``. TimescaleDB: continuous aggregates with real-time
-  aggregation. PostgreSQL: tables recomputed from raw rows for the buckets
-  listed in ``rollup_dirty`` (``storage.rollups``); queries read raw rows for
-  buckets still dirty.
+  ``last_value``. TimescaleDB: a continuous aggregate with real-time
+  aggregation. PostgreSQL: a table recomputed from raw rows for the buckets
+  (or, for late rows, the devices of a bucket) listed in ``rollup_dirty``
+  (``storage.rollups``); queries read raw rows for buckets still dirty.
+  Migration 2 also made ``readings_1m``; migration 9 dropped it (series with
+  buckets under an hour read ``readings`` by its primary key).
 - ``device_state``, ``charger_connectors``, ``charger_sessions``: current
   state, changed only by newer rows. Tables updated in place get
   ``fillfactor = 70`` so the updates stay HOT. Since migration 3 the latest
@@ -39,7 +41,11 @@ POSTGRES: Backend = "postgresql"
 BUCKET_ORIGIN = "2000-01-03 00:00:00+00"
 
 TIME_SERIES_TABLES = ("readings", "charger_status", "device_health")
-ROLLUPS = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(hours=1)}
+# The rollups that exist now (migration 9 dropped the per-device 1-minute one: no profile
+# reports more than once a minute, so it held as many rows as readings; see storage/README.md).
+ROLLUPS = {"readings_1h": timedelta(hours=1)}
+# What migration 2 created, kept as it was so a fresh database replays the same history.
+_ROLLUPS_V2 = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(hours=1)}
 
 _TIME_SERIES_DDL: dict[str, LiteralString] = {
     "readings": """CREATE TABLE readings (
@@ -163,7 +169,8 @@ def time_series(backend: Backend, chunk_interval: timedelta) -> list[Query]:
 
 
 def rollups(backend: Backend) -> list[Query]:
-    """1-minute and 1-hour rollups of readings: tables (PostgreSQL) or continuous aggregates.
+    """Migration 2: 1-minute and 1-hour rollups of readings: tables (PostgreSQL) or continuous
+    aggregates (migration 9 dropped the 1-minute one).
 
     ``rollup_dirty`` lists the rollup buckets whose raw rows changed since they were
     last computed (PostgreSQL path; always empty on TimescaleDB). It has no key, so
@@ -177,7 +184,7 @@ def rollups(backend: Backend) -> list[Query]:
         out.append(sql.SQL(
             "CREATE INDEX readings_time_brin ON readings USING brin (time)"
             " WITH (pages_per_range = 16, autosummarize = on)"))
-    for name, width in ROLLUPS.items():
+    for name, width in _ROLLUPS_V2.items():
         if backend == POSTGRES:
             out.append(sql.SQL(
                 """CREATE TABLE {n} (
@@ -290,3 +297,26 @@ DEVICE_BATCH_STATE: tuple[LiteralString, ...] = (
 DEVICE_STATE_FILLFACTOR: tuple[LiteralString, ...] = (
     "ALTER TABLE device_state SET (fillfactor = 50)",
 )
+
+
+# Migration 9: no per-device 1-minute rollup. Every device of the city reports at most once a
+# minute, so readings_1m held as many rows as readings (1,162,706 for 1,162,734 in the e2e
+# benchmark) and its refresh was most of PostgreSQL's CPU in the pipeline; a series with
+# minute buckets reads the same number of rows from readings by its primary key.
+# rollup_dirty gains ``device_id``: NULL dirties a whole bucket (what the writer notes for the
+# current hour, whose rows all still have to be aggregated), a device id only that device's
+# rows in it (late rows for an hour already computed), so a late reading costs the refresh a
+# few rows of one device instead of the whole hour of every device.
+def drop_minute_rollup(backend: Backend) -> list[Query]:
+    out: list[Query] = [
+        sql.SQL("DELETE FROM rollup_dirty WHERE rollup = 'readings_1m'"),
+        sql.SQL("ALTER TABLE rollup_dirty ADD COLUMN device_id text"),
+    ]
+    if backend == POSTGRES:
+        return [*out, sql.SQL("DROP TABLE readings_1m")]
+    # Dropping a continuous aggregate drops its jobs too; removing them first says so and
+    # keeps this independent of that (both calls tolerate a policy already gone).
+    return [*out,
+            sql.SQL("SELECT remove_continuous_aggregate_policy('readings_1m', if_exists => true)"),
+            sql.SQL("SELECT remove_retention_policy('readings_1m', if_exists => true)"),
+            sql.SQL("DROP MATERIALIZED VIEW readings_1m")]
