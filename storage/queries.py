@@ -147,9 +147,9 @@ async def series(
                    WHERE device_id = %(device)s AND metric = %(metric)s AND {raw_in_dirty}
                    GROUP BY 1) parts
                GROUP BY 1 ORDER BY 1"""
-        ).format(clean=_clean(chosen), rel=sql.Identifier(chosen),
+        ).format(clean=_clean(chosen, one_device=True), rel=sql.Identifier(chosen),
                  raw_bucket=_raw_bucket(chosen), raw_parts=sql.SQL(_RAW_PARTS),
-                 raw_in_dirty=_raw_in_dirty(chosen), origin=sql.Literal(BUCKET_ORIGIN),
+                 raw_in_dirty=_raw_in_dirty(chosen, one_device=True), origin=sql.Literal(BUCKET_ORIGIN),
                  expr=sql.SQL(_ROLLUP_AGG[agg]))
     # Never a server-side prepared statement: a generic plan cannot prune by the time range or
     # size the real-time union (measured 3x slower than custom plans once psycopg prepares it).
@@ -165,16 +165,20 @@ _RAW_PARTS = ("sum(value), count(*), min(value), max(value), max(time), "
 # The real-time union below reads rollup_dirty in sub-selects (init plans) of the same
 # statement, hence under the same snapshot as the rollup and raw rows; no CTE, so the
 # planner keeps parallel scans of large rollups.
-def _dirty(rollup: str, what: LiteralString) -> sql.Composed:
-    """``what`` over the buckets of ``rollup`` in ``[%(lo)s, %(hi)s)`` still to be recomputed."""
+def _dirty(rollup: str, what: LiteralString, one_device: bool) -> sql.Composed:
+    """``what`` over the buckets of ``rollup`` in ``[%(lo)s, %(hi)s)`` still to be recomputed;
+    with ``one_device``, those dirty for ``%(device)s``: an entry naming another device (late
+    rows of a closed hour) leaves this device's rollup row of that bucket exact."""
+    mine = sql.SQL(" AND (device_id IS NULL OR device_id = %(device)s)" if one_device else "")
     return sql.SQL(
-        "(SELECT {what} FROM rollup_dirty WHERE rollup = {name} AND bucket >= %(lo)s AND bucket < %(hi)s)"
-    ).format(what=sql.SQL(what), name=sql.Literal(rollup))
+        "(SELECT {what} FROM rollup_dirty"
+        " WHERE rollup = {name} AND bucket >= %(lo)s AND bucket < %(hi)s{mine})"
+    ).format(what=sql.SQL(what), name=sql.Literal(rollup), mine=mine)
 
 
-def _clean(rollup: str) -> sql.Composed:
+def _clean(rollup: str, *, one_device: bool = False) -> sql.Composed:
     """A rollup row whose bucket is not dirty."""
-    every = _dirty(rollup, "coalesce(array_agg(DISTINCT bucket), '{}')")
+    every = _dirty(rollup, "coalesce(array_agg(DISTINCT bucket), '{}')", one_device)
     return sql.SQL("bucket <> ALL ({}::timestamptz[])").format(every)  # the cast: an array, not a subquery
 
 
@@ -183,11 +187,12 @@ def _raw_bucket(rollup: str) -> sql.Composed:
         w=sql.Literal(ROLLUPS[rollup]), origin=sql.Literal(BUCKET_ORIGIN))
 
 
-def _raw_in_dirty(rollup: str) -> sql.Composed:
+def _raw_in_dirty(rollup: str, *, one_device: bool = False) -> sql.Composed:
     """Raw rows of the dirty buckets, within a time range the index scans can use."""
     return sql.SQL("time >= {lo} AND time < {hi} + {w} AND {b} = ANY ({all}::timestamptz[])").format(
-        lo=_dirty(rollup, "min(bucket)"), hi=_dirty(rollup, "max(bucket)"), w=sql.Literal(ROLLUPS[rollup]),
-        b=_raw_bucket(rollup), all=_dirty(rollup, "array_agg(DISTINCT bucket)"))
+        lo=_dirty(rollup, "min(bucket)", one_device), hi=_dirty(rollup, "max(bucket)", one_device),
+        w=sql.Literal(ROLLUPS[rollup]), b=_raw_bucket(rollup),
+        all=_dirty(rollup, "array_agg(DISTINCT bucket)", one_device))
 
 
 async def device_counts(

@@ -123,6 +123,11 @@ async def test_late_rows_of_a_closed_hour_dirty_only_their_devices(three_hours: 
         assert await cur.fetchall() == [(START, "air-1"), (T0, None)]
         await conn.commit()
         await _assert_rollups_answer_like_raw(conn)  # exact before the refresh
+        # air-2's row of that hour is not dirty: its series reads the row (with the marker).
+        marked = await queries.series(conn, "air-2", "pm25", START, START + HOUR, HOUR, "max",
+                                      source="readings_1h")
+        assert [p.value for p in marked] == [-1.0]
+        await conn.commit()
         report = await rollups.refresh(conn, now=T0)
         assert (report.buckets, report.devices) == ({"readings_1h": 0}, {"readings_1h": 1})
         assert await _table_row(conn, "readings_1h", START) == (182, 2000.0, 3.0)
