@@ -149,8 +149,8 @@ async def refresh(conn: Conn, *, now: datetime | None = None) -> RefreshReport:
             taken: set[tuple[datetime, str | None]] = {(r[0], r[1]) for r in await cur.fetchall()}
             kept = {e for e in taken if horizon is None or e[0] >= horizon}
             report.skipped += len({b for b, _ in taken}) - len({b for b, _ in kept})
-            whole = sorted({b for b, device in kept if device is None})
-            for lo, hi in runs(whole, width):
+            whole = {b for b, device in kept if device is None}
+            for lo, hi in runs(sorted(whole), width):
                 await conn.execute(_recompute(name, width), {"lo": lo, "hi": hi})
             by_bucket: dict[datetime, list[str]] = {}
             for b, d in sorted((b, d) for b, d in kept if d is not None and b not in whole):
