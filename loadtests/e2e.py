@@ -139,18 +139,24 @@ class Bench:
     async def final_refresh(self) -> dict[str, Any]:
         """Recompute every rollup bucket still dirty and closed, on a connection whose backend's CPU
         is read from /proc: rollup work the writer's refresh left for later (its interval spaces
-        it out) is then part of the run's cost, so runs with different intervals compare fairly."""
+        it out) is then part of the run's cost, so runs with different intervals compare fairly.
+        While the writer's own refresh holds the lock, this waits for it (bounded) and runs after:
+        returning at once would leave what that refresh had not yet taken uncounted."""
         from storage import rollups
 
         async with await psycopg.AsyncConnection.connect(self.stack.database_url) as conn:
             backend = conn.info.backend_pid
             before, t = cpu_seconds(backend), time.perf_counter()
-            report = await rollups.refresh(conn)
+            waits, deadline = 0, time.monotonic() + 300
+            while (report := await rollups.refresh(conn)).busy and time.monotonic() < deadline:
+                waits += 1
+                await asyncio.sleep(0.5)
             cpu_s, seconds = cpu_seconds(backend) - before, time.perf_counter() - t
             cur = await conn.execute("SELECT count(*) FROM readings_1h")
             h = (await cur.fetchone() or (0,))[0]
             return {"cpu_s": round(cpu_s, 3), "seconds": round(seconds, 2), "buckets": report.buckets,
-                    "device_buckets": report.devices, "rollup_rows": {"readings_1h": h}}
+                    "device_buckets": report.devices, "busy_waits": waits, "busy": report.busy,
+                    "rollup_rows": {"readings_1h": h}}
 
     async def sample_lag(self, series: list[dict[str, float]], t0: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
