@@ -103,7 +103,7 @@ class SeriesOut(BaseModel):
     metric: str
     agg: str
     bucket_s: float
-    source: str = Field(description="raw, readings_1m or readings_1h: what answered")
+    source: str = Field(description="raw or readings_1h: what answered")
     from_: datetime = Field(alias="from")
     to: datetime
     t: list[datetime]

@@ -9,7 +9,7 @@ districts (every one reported once, so all have latest values and a status),
 ``--series-devices`` of them with one uplink a minute (six metrics) over the last ``--hours``
 and, before that, one pm25 value a minute back to ``--days`` ago; ``--hourly-devices`` others
 with one pm25 value an hour over ``--days``; rollups recomputed by ``storage.rollups.refresh``
-over the whole range (so series queries read ``readings_1m`` / ``readings_1h``); ``--alerts``
+over the whole range (series with hourly buckets read ``readings_1h``, finer ones raw rows); ``--alerts``
 alerts (a quarter open). The history is generated inside PostgreSQL (``INSERT .. SELECT`` from
 ``generate_series``, a day at a time): no Python per row, no network per row. Starts ``citysense api`` as its
 own process, runs locust's ``Operator`` users (``loadtests/api_locust.py``) against it,
@@ -99,7 +99,7 @@ async def populate(url: str, args: argparse.Namespace) -> str:
         await _alerts(conn, args.alerts, now)
         await conn.execute("VACUUM ANALYZE")
         counts = {}
-        for table in ("readings", "readings_1m", "readings_1h"):
+        for table in ("readings", "readings_1h"):
             cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
             counts[table] = (await cur.fetchone() or (0,))[0]
     print(f"populated in {time.monotonic() - started:.0f} s: {args.devices} devices; "

@@ -61,6 +61,7 @@ from loadtests.e2e_measure import (
 )
 from loadtests.e2e_report import print_table, write_chart
 from loadtests.e2e_stack import STAGES, Stack
+from loadtests.e2e_statements import open_statements, print_statements
 from simulators.load import build_streams, round_robin, run_load, with_faults
 from simulators.mqtt_pool import MqttPool
 from simulators.scenario import ScaleScenario, load_scenario
@@ -138,19 +139,24 @@ class Bench:
     async def final_refresh(self) -> dict[str, Any]:
         """Recompute every rollup bucket still dirty and closed, on a connection whose backend's CPU
         is read from /proc: rollup work the writer's refresh left for later (its interval spaces
-        it out) is then part of the run's cost, so runs with different intervals compare fairly."""
+        it out) is then part of the run's cost, so runs with different intervals compare fairly.
+        While the writer's own refresh holds the lock, this waits for it (bounded) and runs after:
+        returning at once would leave what that refresh had not yet taken uncounted."""
         from storage import rollups
 
         async with await psycopg.AsyncConnection.connect(self.stack.database_url) as conn:
             backend = conn.info.backend_pid
             before, t = cpu_seconds(backend), time.perf_counter()
-            report = await rollups.refresh(conn)
+            waits, deadline = 0, time.monotonic() + 300
+            while (report := await rollups.refresh(conn)).busy and time.monotonic() < deadline:
+                waits += 1
+                await asyncio.sleep(0.5)
             cpu_s, seconds = cpu_seconds(backend) - before, time.perf_counter() - t
-            cur = await conn.execute(
-                "SELECT (SELECT count(*) FROM readings_1m), (SELECT count(*) FROM readings_1h)")
-            m, h = await cur.fetchone() or (0, 0)
+            cur = await conn.execute("SELECT count(*) FROM readings_1h")
+            h = (await cur.fetchone() or (0,))[0]
             return {"cpu_s": round(cpu_s, 3), "seconds": round(seconds, 2), "buckets": report.buckets,
-                    "rollup_rows": {"readings_1m": m, "readings_1h": h}}
+                    "device_buckets": report.devices, "busy_waits": waits, "busy": report.busy,
+                    "rollup_rows": {"readings_1h": h}}
 
     async def sample_lag(self, series: list[dict[str, float]], t0: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -284,8 +290,13 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
             from loadtests.e2e_ceilings import ceilings
 
             out["ceilings"] = await ceilings(stack, seconds=a.ceiling_seconds)
+        statements, why = await open_statements(stack.database_url)
+        if statements is None:
+            print(f"pg_stat_statements: not reported ({why})", file=sys.stderr)
         bench = Bench(a, stack, drops)
         await bench.start()
+        if statements is not None:  # after the start: the migrations and setup are not the run's
+            await statements.reset()
         steps: list[dict[str, Any]] = []
         out["steps"] = steps
         try:
@@ -301,6 +312,8 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
                     break
             final = await bench.final_refresh()
             cpu_end = bench.cpu.sample()
+            if statements is not None:
+                out["statements"] = await statements.top()
             acked = sum(s["uplinks"]["acked"] for s in steps)
             stored = sum(s["readings"]["rows_stored"] for s in steps)
             whole = {k: round(cpu_end[k] - cpu_start[k], 3) for k in cpu_end}
@@ -362,6 +375,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     chart = a.chart or a.out.with_suffix(".png")
     write_chart(result, chart)
     print_table(result)
+    if result.get("statements"):
+        print_statements(result["statements"])
     print(f"JSON: {a.out}  chart: {chart}")
     return result
 

@@ -112,9 +112,9 @@ async def print_query_latencies(conn: psycopg.AsyncConnection[Any], now: datetim
             lambda: queries.latest_per_device(conn),
         "latest per device, one district (5,000 devices)":
             lambda: queries.latest_per_device(conn, district="district-7"),
-        f"24-hour 1-minute avg series (1-minute {rollup})":
-            lambda: queries.series(conn, "dev-000042", "pm25", now - day, now, minute),
-        "24-hour 1-minute avg series (raw rows)":
+        f"24-hour 1-hour avg series (1-hour {rollup})":
+            lambda: queries.series(conn, "dev-000042", "pm25", now - day, now, 60 * minute),
+        "24-hour 1-minute avg series (raw rows: no 1-minute rollup since migration 9)":
             lambda: queries.series(conn, "dev-000042", "pm25", now - day, now, minute, source="raw"),
         f"readings by district over 30 days (1-hour {rollup})":
             lambda: queries.reading_counts(conn, "district", now - 30 * day, now),

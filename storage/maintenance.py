@@ -62,7 +62,7 @@ async def maintain(
     for table in TIME_SERIES_TABLES:
         report.created += await partitions.ensure_ahead(conn, table, now, width, settings.partitions_ahead)
         report.dropped += await partitions.drop_expired(conn, table, now - settings.retention)
-    keep = {"readings_1m": settings.rollup_1m_retention, "readings_1h": settings.rollup_1h_retention}
+    keep = {"readings_1h": settings.rollup_1h_retention}
     for rollup, retention in keep.items():
         async with conn.transaction():
             delete = sql.SQL("DELETE FROM {} WHERE bucket < %s").format(sql.Identifier(rollup))

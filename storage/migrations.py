@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from storage import alerts_schema, apikeys, audit, schema, timescale
+from storage import alerts_schema, apikeys, audit, rollups_schema, schema, timescale
 from storage.db import Conn, Query
 from storage.exceptions import SchemaTooOldError
 from storage.schema import POSTGRES, TIMESCALE, Backend
@@ -54,7 +54,7 @@ def _v1(ctx: SchemaContext) -> list[Query]:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "registry, time series, latest state", _v1),
-    Migration(2, "rollups 1 minute and 1 hour", lambda ctx: schema.rollups(ctx.backend)),
+    Migration(2, "rollups 1 minute and 1 hour", lambda ctx: rollups_schema.rollups(ctx.backend)),
     Migration(3, "latest values in one row per device",
               lambda ctx: [sql.SQL(ddl) for ddl in schema.DEVICE_LATEST]),
     Migration(4, "the writer's per-device input type",
@@ -66,6 +66,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "API keys", lambda ctx: [sql.SQL(ddl) for ddl in apikeys.APIKEYS_DDL]),
     Migration(8, "audit trail of consumer offsets moved by an operator",
               lambda ctx: [sql.SQL(ddl) for ddl in audit.DDL]),
+    Migration(9, "no per-device 1-minute rollup; late rows dirty one device's bucket",
+              lambda ctx: rollups_schema.drop_minute_rollup(ctx.backend)),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version

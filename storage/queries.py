@@ -1,14 +1,17 @@
 """The query layer used by the API and the alert engine.
 
-The same functions answer on both backends: rollups have the same
-relation names and columns whether they are TimescaleDB continuous
-aggregates or PostgreSQL tables the writer maintains.
+The same functions answer on both backends: the hourly rollup has the same
+relation name and columns whether it is a TimescaleDB continuous aggregate or
+a PostgreSQL table the writer's refresh maintains.
 
 Bucket semantics: buckets are aligned to ``BUCKET_ORIGIN`` (TimescaleDB's
 ``time_bucket`` default), and a query covers every whole bucket touching
 ``[start, end)``. That makes raw rows and rollups give the same answer
 (up to floating-point rounding of averages), so ``series`` is free to serve
-long ranges from the coarsest rollup that divides the bucket.
+long ranges with whole-hour buckets from ``readings_1h``; buckets under an
+hour read ``readings`` by its primary key (device, metric, time): no device
+reports more than once a minute, so a per-device minute rollup would hold as
+many rows (schema migration 9 dropped it).
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from storage.partitions import floor_time
 from storage.schema import BUCKET_ORIGIN, ROLLUPS
 
 Aggregate = Literal["avg", "min", "max", "sum", "count", "last"]
-Source = Literal["auto", "raw", "readings_1m", "readings_1h"]
+Source = Literal["auto", "raw", "readings_1h"]
 GroupBy = Literal["district", "township", "kind", "status"]
 
 MAX_BUCKETS = 100_000
-RAW_MAX_RANGE = timedelta(hours=1)  # longer ranges are served from a rollup when the bucket allows
+RAW_MAX_RANGE = timedelta(hours=1)  # longer ranges are served from the rollup when the bucket allows
 
 _RAW_AGG: dict[str, LiteralString] = {
     "avg": "avg(value)", "min": "min(value)", "max": "max(value)", "sum": "sum(value)",
@@ -74,6 +77,7 @@ def covering(start: datetime, end: datetime, bucket: timedelta) -> tuple[datetim
 
 
 def choose_source(start: datetime, end: datetime, bucket: timedelta) -> Source:
+    """Raw rows, or the coarsest rollup whose width divides the bucket (whole hours)."""
     if end - start <= RAW_MAX_RANGE:
         return "raw"
     for name, width in sorted(ROLLUPS.items(), key=lambda kv: kv[1], reverse=True):
@@ -143,9 +147,9 @@ async def series(
                    WHERE device_id = %(device)s AND metric = %(metric)s AND {raw_in_dirty}
                    GROUP BY 1) parts
                GROUP BY 1 ORDER BY 1"""
-        ).format(clean=_clean(chosen), rel=sql.Identifier(chosen),
+        ).format(clean=_clean(chosen, one_device=True), rel=sql.Identifier(chosen),
                  raw_bucket=_raw_bucket(chosen), raw_parts=sql.SQL(_RAW_PARTS),
-                 raw_in_dirty=_raw_in_dirty(chosen), origin=sql.Literal(BUCKET_ORIGIN),
+                 raw_in_dirty=_raw_in_dirty(chosen, one_device=True), origin=sql.Literal(BUCKET_ORIGIN),
                  expr=sql.SQL(_ROLLUP_AGG[agg]))
     # Never a server-side prepared statement: a generic plan cannot prune by the time range or
     # size the real-time union (measured 3x slower than custom plans once psycopg prepares it).
@@ -161,16 +165,20 @@ _RAW_PARTS = ("sum(value), count(*), min(value), max(value), max(time), "
 # The real-time union below reads rollup_dirty in sub-selects (init plans) of the same
 # statement, hence under the same snapshot as the rollup and raw rows; no CTE, so the
 # planner keeps parallel scans of large rollups.
-def _dirty(rollup: str, what: LiteralString) -> sql.Composed:
-    """``what`` over the buckets of ``rollup`` in ``[%(lo)s, %(hi)s)`` still to be recomputed."""
+def _dirty(rollup: str, what: LiteralString, one_device: bool) -> sql.Composed:
+    """``what`` over the buckets of ``rollup`` in ``[%(lo)s, %(hi)s)`` still to be recomputed;
+    with ``one_device``, those dirty for ``%(device)s``: an entry naming another device (late
+    rows of a closed hour) leaves this device's rollup row of that bucket exact."""
+    mine = sql.SQL(" AND (device_id IS NULL OR device_id = %(device)s)" if one_device else "")
     return sql.SQL(
-        "(SELECT {what} FROM rollup_dirty WHERE rollup = {name} AND bucket >= %(lo)s AND bucket < %(hi)s)"
-    ).format(what=sql.SQL(what), name=sql.Literal(rollup))
+        "(SELECT {what} FROM rollup_dirty"
+        " WHERE rollup = {name} AND bucket >= %(lo)s AND bucket < %(hi)s{mine})"
+    ).format(what=sql.SQL(what), name=sql.Literal(rollup), mine=mine)
 
 
-def _clean(rollup: str) -> sql.Composed:
+def _clean(rollup: str, *, one_device: bool = False) -> sql.Composed:
     """A rollup row whose bucket is not dirty."""
-    every = _dirty(rollup, "coalesce(array_agg(DISTINCT bucket), '{}')")
+    every = _dirty(rollup, "coalesce(array_agg(DISTINCT bucket), '{}')", one_device)
     return sql.SQL("bucket <> ALL ({}::timestamptz[])").format(every)  # the cast: an array, not a subquery
 
 
@@ -179,11 +187,12 @@ def _raw_bucket(rollup: str) -> sql.Composed:
         w=sql.Literal(ROLLUPS[rollup]), origin=sql.Literal(BUCKET_ORIGIN))
 
 
-def _raw_in_dirty(rollup: str) -> sql.Composed:
+def _raw_in_dirty(rollup: str, *, one_device: bool = False) -> sql.Composed:
     """Raw rows of the dirty buckets, within a time range the index scans can use."""
     return sql.SQL("time >= {lo} AND time < {hi} + {w} AND {b} = ANY ({all}::timestamptz[])").format(
-        lo=_dirty(rollup, "min(bucket)"), hi=_dirty(rollup, "max(bucket)"), w=sql.Literal(ROLLUPS[rollup]),
-        b=_raw_bucket(rollup), all=_dirty(rollup, "array_agg(DISTINCT bucket)"))
+        lo=_dirty(rollup, "min(bucket)", one_device), hi=_dirty(rollup, "max(bucket)", one_device),
+        w=sql.Literal(ROLLUPS[rollup]), b=_raw_bucket(rollup),
+        all=_dirty(rollup, "array_agg(DISTINCT bucket)", one_device))
 
 
 async def device_counts(

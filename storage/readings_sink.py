@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -42,23 +42,28 @@ from storage.exceptions import StorageError, StorageRejectedError, StorageUnavai
 from storage.latest_state import PG_EPOCH_US, PendingStates
 from storage.schema import POSTGRES, ROLLUPS, Backend
 from storage.settings import StorageSettings
-from storage.write_rows import MINUTE_US, Row, WriteRows
+from storage.write_rows import Row, WriteRows
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _HOUR_US = 3_600_000_000
 _ENCODE_STEP = 100  # batches (uplinks) encoded per slice sent while the next is built
 _MAX_KNOWN = 2_000_000  # device ids remembered as having a device_state row (about 200 MB at most)
-# Rollup widths must be whole minutes or hours: buckets are computed from the
-# PostgreSQL epoch (2000-01-01), which shares minute and hour boundaries with BUCKET_ORIGIN.
-assert {w // timedelta(microseconds=1) for w in ROLLUPS.values()} == {MINUTE_US, _HOUR_US}
+# The rollup is hourly: buckets are computed from the PostgreSQL epoch (2000-01-01), which
+# shares hour boundaries with BUCKET_ORIGIN.
+assert [w // timedelta(microseconds=1) for w in ROLLUPS.values()] == [_HOUR_US]
+_ROLLUP = next(iter(ROLLUPS))
 
 
 class ReadingsSink:
     """Writes readings, charger statuses and health, notes dirty rollup buckets; keeps device
     state pending until ``flush()`` (see the module docstring)."""
 
-    def __init__(self, pool: AsyncConnectionPool, settings: StorageSettings | None = None) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, settings: StorageSettings | None = None,
+        *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._pool = pool
+        self._clock = clock  # which rollup buckets are closed (late rows), see _dirty_buckets
         self._settings = settings or migrations.default_settings()
         self._width = partitions.width_us(self._settings.chunk_interval)
         self._backend: Backend | None = None
@@ -160,7 +165,7 @@ class ReadingsSink:
                     # The fast path stored every reading: all the buckets they touch are
                     # dirty, noted in the round trip of the commit.
                     async with conn.pipeline():
-                        await conn.execute(w.NOTE_DIRTY, _dirty_buckets(rows.minutes))
+                        await conn.execute(w.NOTE_DIRTY, _dirty_buckets(rows, self._clock()))
                         await conn.commit()
                 else:
                     await conn.commit()
@@ -241,13 +246,30 @@ async def _copy_data(cur: psycopg.AsyncCursor[object], statement: Query, rows: b
         await copy.write(cb.TRAILER)
 
 
-def _dirty_buckets(minutes: set[int]) -> tuple[list[str], list[datetime]]:
-    """(rollup names, bucket starts) of every rollup bucket holding one of ``minutes``."""
-    by_width = {MINUTE_US: minutes, _HOUR_US: {m - m % _HOUR_US for m in minutes}}
-    names: list[str] = []
-    buckets: list[datetime] = []
-    for name, width in ROLLUPS.items():
-        for us in sorted(by_width[width // timedelta(microseconds=1)]):
-            names.append(name)
-            buckets.append(_PG_EPOCH + timedelta(microseconds=us))
-    return names, buckets
+def _dirty_buckets(rows: WriteRows, now: datetime) -> tuple[list[str], list[datetime], list[str | None]]:
+    """(rollup, bucket start, device or None) of the rollup buckets the readings of ``rows`` touch.
+
+    A bucket still open at ``now`` is noted whole (device None): all its rows have yet to be
+    aggregated. A closed one, met by late rows, is noted once per device that has rows in it,
+    so the refresh recomputes those devices' rows only. Which side of ``now`` a bucket falls
+    only changes the refresh's work, never what it covers (each row's bucket is noted either
+    way), so this clock need not agree with the refresh's.
+    """
+    hours = {m - m % _HOUR_US for m in rows.minutes}
+    open_from = (now - _PG_EPOCH) // timedelta(microseconds=1)
+    open_from -= open_from % _HOUR_US
+    noted: list[tuple[int, str | None]] = [(h, None) for h in sorted(hours) if h >= open_from]
+    if len(noted) < len(hours):  # late rows: find their devices (rare enough to walk the batches)
+        late: set[tuple[int, str]] = set()
+        seen_ns = hour = -1
+        for b in rows.batches:
+            for r in b.readings:
+                if r.time_ns != seen_ns:  # readings of an uplink mostly share their time
+                    seen_ns = r.time_ns
+                    pt = r.time_ns // 1000 - PG_EPOCH_US
+                    hour = pt - pt % _HOUR_US
+                if hour < open_from:
+                    late.add((hour, r.device_id))
+        noted += sorted(late)
+    return ([_ROLLUP] * len(noted), [_PG_EPOCH + timedelta(microseconds=h) for h, _ in noted],
+            [d for _, d in noted])

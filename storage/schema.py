@@ -8,12 +8,14 @@ layer needs no branches:
   TimescaleDB: hypertables, compressed and retained by policy. PostgreSQL:
   range-partitioned by ``time``, partitions made ahead and on demand and
   dropped by retention (``storage.partitions``).
-- ``readings_1m``, ``readings_1h``: rollups with ``value_sum``,
+- ``readings_1h``: per-device hourly rollup with ``value_sum``,
   ``value_count``, ``value_min``, ``value_max``, ``last_time``,
-  ``last_value``. TimescaleDB: continuous aggregates with real-time
-  aggregation. PostgreSQL: tables recomputed from raw rows for the buckets
-  listed in ``rollup_dirty`` (``storage.rollups``); queries read raw rows for
-  buckets still dirty.
+  ``last_value``. TimescaleDB: a continuous aggregate with real-time
+  aggregation. PostgreSQL: a table recomputed from raw rows for the buckets
+  (or, for late rows, the devices of a bucket) listed in ``rollup_dirty``
+  (``storage.rollups``); queries read raw rows for buckets still dirty.
+  Migration 2 also made ``readings_1m``; migration 9 dropped it (series with
+  buckets under an hour read ``readings`` by its primary key).
 - ``device_state``, ``charger_connectors``, ``charger_sessions``: current
   state, changed only by newer rows. Tables updated in place get
   ``fillfactor = 70`` so the updates stay HOT. Since migration 3 the latest
@@ -39,7 +41,9 @@ POSTGRES: Backend = "postgresql"
 BUCKET_ORIGIN = "2000-01-03 00:00:00+00"
 
 TIME_SERIES_TABLES = ("readings", "charger_status", "device_health")
-ROLLUPS = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(hours=1)}
+# The rollups that exist now (migration 9 dropped the per-device 1-minute one: no profile
+# reports more than once a minute, so it held as many rows as readings; see storage/README.md).
+ROLLUPS = {"readings_1h": timedelta(hours=1)}
 
 _TIME_SERIES_DDL: dict[str, LiteralString] = {
     "readings": """CREATE TABLE readings (
@@ -162,53 +166,6 @@ def time_series(backend: Backend, chunk_interval: timedelta) -> list[Query]:
     return out
 
 
-def rollups(backend: Backend) -> list[Query]:
-    """1-minute and 1-hour rollups of readings: tables (PostgreSQL) or continuous aggregates.
-
-    ``rollup_dirty`` lists the rollup buckets whose raw rows changed since they were
-    last computed (PostgreSQL path; always empty on TimescaleDB). It has no key, so
-    concurrent writers never wait on each other; ``storage.rollups`` recomputes and
-    deletes entries, and queries read raw rows for the buckets it lists. The BRIN
-    index on ``readings (time)`` lets the recompute read a minute or an hour of rows.
-    """
-    out: list[Query] = [sql.SQL(
-        "CREATE TABLE rollup_dirty (rollup text NOT NULL, bucket timestamptz NOT NULL)")]
-    if backend == POSTGRES:
-        out.append(sql.SQL(
-            "CREATE INDEX readings_time_brin ON readings USING brin (time)"
-            " WITH (pages_per_range = 16, autosummarize = on)"))
-    for name, width in ROLLUPS.items():
-        if backend == POSTGRES:
-            out.append(sql.SQL(
-                """CREATE TABLE {n} (
-                    device_id   text             NOT NULL,
-                    metric      text             NOT NULL,
-                    bucket      timestamptz      NOT NULL,
-                    value_sum   double precision NOT NULL,
-                    value_count bigint           NOT NULL,
-                    value_min   double precision NOT NULL,
-                    value_max   double precision NOT NULL,
-                    last_time   timestamptz      NOT NULL,
-                    last_value  double precision NOT NULL,
-                    PRIMARY KEY (device_id, metric, bucket)) WITH (fillfactor = 70)"""
-            ).format(n=sql.Identifier(name)))
-            if width >= timedelta(hours=1):  # the 1-minute rollup skips it: one index less per row
-                out.append(sql.SQL("CREATE INDEX {i} ON {n} (bucket)").format(
-                    i=sql.Identifier(f"{name}_bucket"), n=sql.Identifier(name)))
-            continue
-        out.append(sql.SQL(
-            """CREATE MATERIALIZED VIEW {n}
-               WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-               SELECT device_id, metric, time_bucket({w}, time) AS bucket,
-                      sum(value) AS value_sum, count(*) AS value_count,
-                      min(value) AS value_min, max(value) AS value_max,
-                      max(time) AS last_time, last(value, time) AS last_value
-               FROM readings GROUP BY device_id, metric, time_bucket({w}, time)
-               WITH NO DATA"""
-        ).format(n=sql.Identifier(name), w=sql.Literal(width)))
-    return out
-
-
 # Migration 3: latest values move into one row per device. The writer then touches one
 # row per device per transaction instead of one per (device, metric): six to eight times
 # fewer row versions, which is what lets it keep pace with a bare COPY (storage/README.md).
@@ -290,3 +247,4 @@ DEVICE_BATCH_STATE: tuple[LiteralString, ...] = (
 DEVICE_STATE_FILLFACTOR: tuple[LiteralString, ...] = (
     "ALTER TABLE device_state SET (fillfactor = 50)",
 )
+

@@ -23,8 +23,8 @@ class StorageSettings(CommonSettings):
     partitions_ahead: int = Field(default=2, ge=0)
     # Raw rows (readings, charger status, health) older than this are dropped.
     retention: timedelta = timedelta(days=90)
-    # Rollups outlive raw rows: 1-minute rollups for this long, 1-hour ones for longer.
-    rollup_1m_retention: timedelta = timedelta(days=180)
+    # The hourly rollup outlives raw rows (series with buckets under an hour read raw rows,
+    # so they reach back `retention`; hourly ones this long).
     rollup_1h_retention: timedelta = timedelta(days=730)
     # TimescaleDB compresses chunks older than this. It must exceed the longest
     # late-arrival window (NB-IoT devices flush buffered readings hours later).

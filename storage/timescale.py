@@ -7,8 +7,8 @@ kept), so changing ``CITYSENSE_RETENTION`` and running maintenance is all an
 operator does. Maintenance also logs every policy job whose last run failed.
 The compression delay exceeds the late-arrival window (checked by the
 settings), so a late NB-IoT backlog lands in uncompressed chunks; the
-continuous aggregates refresh over the late-arrival window so late rows
-reach the rollups, and real-time aggregation covers the newest buckets.
+continuous aggregate (``readings_1h``) refreshes over the late-arrival window so late rows
+reach it, and real-time aggregation covers the newest buckets.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _call(function: str, relation: str, **named: object) -> sql.Composed:
     return sql.SQL("SELECT {}({})").format(sql.Identifier(function), sql.SQL(", ").join(args))
 
 
-# Both continuous aggregates refresh every minute: a late row below an aggregate's watermark
+# The continuous aggregate refreshes every minute: a late row below an aggregate's watermark
 # (older than ~1 bucket) is invisible to it until the next refresh, so this bounds that lag.
 REFRESH_EVERY = timedelta(minutes=1)
 
@@ -87,7 +87,7 @@ def policies(s: StorageSettings) -> list[Policy]:
                    _call("remove_retention_policy", table, if_exists=True),
                    _call("add_retention_policy", table, drop_after=s.retention)),
         ]
-    keep = {"readings_1m": s.rollup_1m_retention, "readings_1h": s.rollup_1h_retention}
+    keep = {"readings_1h": s.rollup_1h_retention}
     for name, width in ROLLUPS.items():
         offsets = {"start_offset": s.late_arrival_window + 2 * width, "end_offset": width}
         out += [

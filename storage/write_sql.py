@@ -73,10 +73,11 @@ def _ts(column: LiteralString) -> Query:
     return sql.SQL("timestamptz 'epoch' + {} * interval '1 microsecond'").format(sql.Identifier(column))
 
 
-# Fast path: the buckets (of every rollup) the batch touched, computed by the sink.
+# Fast path: the buckets (of every rollup) the batch touched, computed by the sink; a device
+# id for the devices of late rows in buckets already closed, NULL (the whole bucket) otherwise.
 NOTE_DIRTY = sql.SQL(
-    """INSERT INTO rollup_dirty (rollup, bucket)
-       SELECT * FROM unnest(%s::text[], %s::timestamptz[])""")
+    """INSERT INTO rollup_dirty (rollup, bucket, device_id)
+       SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[])""")
 
 
 def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
@@ -90,14 +91,16 @@ def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
     ctes: list[sql.Composable] = [
         sql.SQL(
             """ins AS (INSERT INTO readings ({cols}) SELECT {cols} FROM {stage}
-                ON CONFLICT DO NOTHING RETURNING time)"""
+                ON CONFLICT DO NOTHING RETURNING device_id, time)"""
         ).format(cols=_READING_COLUMNS, stage=READINGS_STAGE),
     ]
     if note_dirty:
         for name, width in ROLLUPS.items():
+            # as the fast path: the device for buckets closed by now (the server's clock here)
             ctes.append(sql.SQL(
-                """{cte} AS (INSERT INTO rollup_dirty (rollup, bucket)
-                   SELECT DISTINCT {name}, date_bin({width}, time, {origin}) FROM ins)"""
+                """{cte} AS (INSERT INTO rollup_dirty (rollup, bucket, device_id)
+                   SELECT DISTINCT {name}, b, CASE WHEN b + {width} <= now() THEN device_id END
+                   FROM (SELECT date_bin({width}, time, {origin}) AS b, device_id FROM ins) i)"""
             ).format(cte=sql.Identifier(f"dirty_{name}"), name=sql.Literal(name),
                      width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN)))
     # One primary-key probe per staged row (LATERAL .. LIMIT 1): the stage, a temporary table,

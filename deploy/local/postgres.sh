@@ -48,6 +48,11 @@ max_wal_size = 2GB
 fsync = on
 synchronous_commit = on
 password_encryption = scram-sha-256
+# Loaded at start (Debian's postgresql-15 ships it) so benchmarks can see where the server's
+# time goes (loadtests/e2e.py); a database reads it after CREATE EXTENSION pg_stat_statements.
+# It counts every top-level statement: a hash-table update per statement, small beside them.
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = top
 EOF
   pg tee "$DATA/pg_hba.conf" >/dev/null <<'EOF'
 # Managed by deploy/local/postgres.sh - local edits are overwritten.

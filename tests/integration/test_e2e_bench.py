@@ -60,3 +60,7 @@ def test_bench_smoke_reports_every_field_and_loses_nothing(service_env: ServiceE
         assert step["cpu_s"]["bridge"] > 0 and step["cpu_s"]["write"] > 0
         assert step["lag_series"]
     assert "highest_rate_held" in data  # whether a step held is a timing question: not tested
+    # The bench database's top statements, or why not (a cluster started without the preload).
+    if "pg_stat_statements: not reported" not in result.stderr:
+        assert any(s["query"].startswith("COPY readings") for s in data["statements"]), data["statements"]
+        assert "pg_stat_statements, bench database" in result.stdout

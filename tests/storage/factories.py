@@ -14,7 +14,7 @@ from storage.db import Conn
 T0 = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 
 TABLES = (
-    "readings", "readings_1m", "readings_1h", "latest_readings", "device_state",
+    "readings", "readings_1h", "latest_readings", "device_state",
     "charger_status", "charger_connectors", "charger_sessions", "device_health",
 )
 

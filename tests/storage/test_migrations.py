@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from citysense.settings import CommonSettings
-from storage import migrations
+from storage import migrations, rollups
 from storage.exceptions import SchemaTooOldError
 from storage.schema import POSTGRES
 from storage.settings import WriterSettings
@@ -122,3 +123,24 @@ async def test_device_state_pages_keep_room_for_in_place_updates(empty_database:
         await migrations.migrate(conn, prefer_timescale=False)
         cur = await conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'device_state'")
         assert await cur.fetchone() == (["fillfactor=50"],)
+
+
+async def test_migration_9_drops_the_minute_rollup_and_keeps_hourly_entries(empty_database: str) -> None:
+    """Written under schema 8: the 1-minute rollup and its dirty entries go, the hourly ones stay
+    (whole buckets: device_id NULL) and are refreshed as before."""
+    async with await psycopg.AsyncConnection.connect(empty_database) as conn:
+        await migrations.migrate(conn, target=8, prefer_timescale=False)
+        await conn.execute("""INSERT INTO rollup_dirty VALUES ('readings_1m', '2030-06-01 11:59+00'),
+                              ('readings_1h', '2030-06-01 11:00+00'),
+                              ('readings_1h', '2030-06-01 11:00+00')""")
+        await conn.execute("""INSERT INTO readings_1h VALUES
+                              ('a-1', 'pm25', '2030-06-01 10:00+00', 3, 1, 3, 3, '2030-06-01 10:30+00', 3)""")
+        await conn.commit()
+        assert await migrations.migrate(conn) == [9]
+        cur = await conn.execute("SELECT to_regclass('readings_1m') IS NULL, count(*) FROM readings_1h")
+        assert await cur.fetchone() == (True, 1)
+        cur = await conn.execute("SELECT rollup, bucket::text, device_id FROM rollup_dirty")
+        assert await cur.fetchall() == [("readings_1h", "2030-06-01 11:00:00+00", None)] * 2
+        await conn.commit()
+        report = await rollups.refresh(conn, now=datetime(2030, 6, 1, 12, tzinfo=UTC))
+        assert (report.buckets, report.devices) == ({"readings_1h": 1}, {"readings_1h": 0})

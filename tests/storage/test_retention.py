@@ -37,19 +37,19 @@ async def test_retention_drops_old_partitions_and_keeps_rollups_longer(pg_store:
         assert [r[0] for r in await cur.fetchall()] == [T0 - DAY, T0]
         cur = await conn.execute("SELECT count(*) FROM charger_status")
         assert await cur.fetchone() == (0,)
-        # Maintenance refreshed the rollups before dropping raw rows; rollups outlive raw rows
-        # (180 days by default for 1-minute buckets). The minute at T0 is still open: it stays
-        # dirty (served from raw rows) until a refresh after it closes.
-        cur = await conn.execute("SELECT count(*) FROM readings_1m")
+        # Maintenance refreshed the rollup before dropping raw rows; the rollup outlives raw rows
+        # (730 days by default). The hour at T0 is still open: it stays dirty (served from raw
+        # rows) until a refresh after it closes.
+        cur = await conn.execute("SELECT count(*) FROM readings_1h")
         assert await cur.fetchone() == (3,)
 
         again = await maintenance.maintain(conn, settings, now=T0)
         assert (again.created, again.dropped, again.rollup_rows_deleted) == ([], [], 0)
 
-        later = await maintenance.maintain(conn, settings, now=T0 + 200 * DAY)
-        assert later.rollup_rows_deleted == 4  # every 1-minute bucket is past 180 days; hours stay
+        later = await maintenance.maintain(conn, settings, now=T0 + 680 * DAY)
+        assert later.rollup_rows_deleted == 2  # the hours 100 and 91 days before T0 are past 730 days
         cur = await conn.execute("SELECT count(*) FROM readings_1h")
-        assert await cur.fetchone() == (4,)
+        assert await cur.fetchone() == (2,)
         cur = await conn.execute("SELECT count(*) FROM readings")
         assert await cur.fetchone() == (0,)
 

@@ -23,6 +23,7 @@ from tests.storage.factories import T0, backlog, charger, health, scalar, snapsh
 pytestmark = pytest.mark.services
 
 MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
@@ -54,7 +55,7 @@ async def test_redelivered_batch_changes_nothing(store: Store) -> None:
         await rollups.refresh(conn, now=T0 + DAY)
         assert await snapshot(conn) == before
     assert len(before["readings"]) == 11
-    assert len(before["readings_1m"]) == 11  # one reading per device, metric and minute
+    assert len(before["readings_1h"]) == 3  # one row per device and metric: all in T0's hour
 
 
 async def test_overlapping_redelivery_adds_only_new_rows_to_rollups(store: Store) -> None:
@@ -64,10 +65,10 @@ async def test_overlapping_redelivery_adds_only_new_rows_to_rollups(store: Store
     result = await store.sink.write(older + newer)  # a rebalance re-delivers the first half
     assert result.readings_inserted == 3
     async with store.pool.connection() as conn:
-        points = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, MIN, "count",
-                                      source="readings_1m")
-        avg = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, MIN, "avg", source="readings_1m")
-        last = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, MIN, "last", source="readings_1m")
+        points = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, HOUR, "count",
+                                      source="readings_1h")
+        avg = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, HOUR, "avg", source="readings_1h")
+        last = await queries.series(conn, "air-1", "pm25", T0, T0 + MIN, HOUR, "last", source="readings_1h")
     assert [p.value for p in points] == [6.0]
     assert avg[0].value == pytest.approx(2.5)
     assert last[0].value == 5.0
@@ -106,7 +107,7 @@ async def test_late_rows_land_at_their_real_time_and_in_rollups(store: Store) ->
         hour = timedelta(hours=1)
         expected: dict[queries.Aggregate, float] = {
             "count": 4.0, "avg": 2.5, "min": 1.0, "max": 4.0, "last": 4.0}
-        sources: tuple[queries.Source, ...] = ("raw", "readings_1m", "readings_1h")
+        sources: tuple[queries.Source, ...] = ("raw", "readings_1h")
         for source in sources:
             for agg, value in expected.items():
                 points = await queries.series(conn, "nb-1", "level", start, start + hour, hour, agg,
@@ -114,7 +115,7 @@ async def test_late_rows_land_at_their_real_time_and_in_rollups(store: Store) ->
                 assert [p.bucket for p in points] == [start], (source, agg)
                 assert points[0].value == pytest.approx(value), (source, agg)
         minute = await queries.series(conn, "nb-1", "level", start, start + hour, MIN, "last",
-                                      source="readings_1m")
+                                      source="raw")
         assert [p.bucket for p in minute] == [start + i * timedelta(minutes=15) for i in range(4)]
 
 

@@ -58,7 +58,7 @@ async def test_hypertables_compression_and_policies(ts_store: Store) -> None:
     assert segment == [("device_id",)]
     caggs = await _rows(ts_store, "SELECT view_name, materialized_only "
                                   "FROM timescaledb_information.continuous_aggregates ORDER BY 1")
-    assert caggs == [("readings_1h", False), ("readings_1m", False)]
+    assert caggs == [("readings_1h", False)]  # migration 9 dropped readings_1m
     jobs = await _rows(ts_store, "SELECT proc_name, hypertable_name FROM timescaledb_information.jobs "
                                  "WHERE proc_name LIKE 'policy_%' ORDER BY 1, 2")
     procs = {p for p, _ in jobs}
@@ -145,7 +145,7 @@ async def test_the_scheduler_runs_every_policy_without_errors(ts_store: Store) -
                   "WHERE j.proc_name LIKE 'policy_%' AND j.hypertable_name IS NOT NULL ORDER BY 1")
     async with await psycopg.AsyncConnection.connect(ts_store.url, autocommit=True) as conn:
         before = {job: runs for job, _, runs, _ in await (await conn.execute(jobs_query)).fetchall()}
-        assert len(before) == 3 * 2 + 2 * 2  # tables: compression, retention; rollups: refresh, retention
+        assert len(before) == 3 * 2 + 2  # tables: compression, retention; the rollup: refresh, retention
         await conn.execute("SELECT alter_job(job_id, next_start => now()) FROM timescaledb_information.jobs "
                            "WHERE proc_name LIKE 'policy_%' AND hypertable_name IS NOT NULL")
         deadline = asyncio.get_running_loop().time() + 60
@@ -171,8 +171,8 @@ async def _day_of_air(store: Store) -> None:
 
 async def _assert_rollups_answer_like_raw_rows(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
     start, end = T0 - DAY + timedelta(seconds=30), T0
-    for bucket in (timedelta(minutes=1), timedelta(minutes=15), HOUR, 6 * HOUR):
-        assert queries.choose_source(start, end, bucket) != "raw"
+    for bucket in (HOUR, 6 * HOUR):
+        assert queries.choose_source(start, end, bucket) == "readings_1h"
         for agg in AGGREGATES:
             fast = await queries.series(conn, "air-1", "pm25", start, end, bucket, agg)
             raw = await queries.series(conn, "air-1", "pm25", start, end, bucket, agg, source="raw")
@@ -186,11 +186,11 @@ async def test_partly_materialized_rollups_answer_like_raw_rows(ts_store: Store)
     """Materialized buckets and the real-time part after the watermark join without gap or overlap."""
     await _day_of_air(ts_store)
     async with await psycopg.AsyncConnection.connect(ts_store.url, autocommit=True) as conn:
-        for rollup in ("readings_1m", "readings_1h"):  # the first half of the day, up to an odd hour
-            await conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)",
-                               (rollup, T0 - 2 * DAY, T0 - 11 * HOUR - timedelta(minutes=7)))
+        # the first half of the day, up to an odd hour
+        await conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)",
+                           ("readings_1h", T0 - 2 * DAY, T0 - 11 * HOUR - timedelta(minutes=7)))
         materialized = {}
-        for rollup in ("readings_1m", "readings_1h"):
+        for rollup in ("readings_1h",):
             cur = await conn.execute(
                 "SELECT materialization_hypertable_schema, materialization_hypertable_name "
                 "FROM timescaledb_information.continuous_aggregates WHERE view_name = %s", (rollup,))
@@ -199,8 +199,8 @@ async def test_partly_materialized_rollups_answer_like_raw_rows(ts_store: Store)
             table = sql.Identifier(str(row[0]), str(row[1]))
             cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
             materialized[rollup] = (await cur.fetchone() or (0,))[0]
-        # Whole buckets inside the window: 12 h 53 min of minutes, 12 hours; the rest is real time.
-        assert materialized == {"readings_1m": 12 * 60 + 53, "readings_1h": 12}
+        # Whole buckets inside the window: 12 hours; the rest is real time.
+        assert materialized == {"readings_1h": 12}
         await _assert_rollups_answer_like_raw_rows(conn)
 
 
@@ -218,6 +218,5 @@ async def test_compressed_chunks_stay_idempotent_and_answer_like_raw_rows(ts_sto
         cur = await conn.execute("SELECT count(*) FROM readings")
         assert await cur.fetchone() == (int(DAY / STEP) + 1,)
         await conn.execute("DELETE FROM readings WHERE time = %s", (T0 - DAY + timedelta(seconds=5),))
-        for rollup in ("readings_1m", "readings_1h"):
-            await conn.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", (rollup,))
+        await conn.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", ("readings_1h",))
         await _assert_rollups_answer_like_raw_rows(conn)
