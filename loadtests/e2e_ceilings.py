@@ -41,13 +41,19 @@ from storage import migrations, partitions
 
 async def mqtt_ceiling(stack: Stack, seconds: float) -> dict[str, Any]:
     env = {**os.environ, "CITYSENSE_MQTT_URL": stack.mqtt_url, "CITYSENSE_MQTT_PORT": str(stack.mqtt_port),
-           "CITYSENSE_MQTT_BRIDGE_PASSWORD": stack.bridge_password, "PYTHONPATH": str(PROJECT_ROOT)}
+           "CITYSENSE_MQTT_BRIDGE_PASSWORD": stack.bridge_password,
+           "CITYSENSE_MQTT_LOADGEN_PASSWORD": stack.loadgen_password, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(PROJECT_ROOT / "loadtests/simulator_bench.py"), "--qos", "1", "--rate",
         "60000", "--duration", str(seconds), "--verify", "--json", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 240)
-    r = json.loads(out.decode().strip().splitlines()[-1])
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), seconds + 240)
+    lines = out.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        # Say why instead of an IndexError (it once failed silently: the load generator's own
+        # password was missing from this environment).
+        return {"error": f"simulator_bench exited {proc.returncode}: {err.decode()[-500:]}"}
+    r = json.loads(lines[-1])
     return {"msg_per_s": r["msg_per_s"], "sent": r["sent"], "acked": r["acked"],
             "received_by_subscriber": r["received_by_subscriber"], "loss": r["loss"],
             "puback_ms": r["puback_ms"]}
