@@ -47,8 +47,8 @@ class KafkaConfig:
     max_batch_bytes: int = 512 * 1024
     compression: str | None = None
     max_poll_records: int = 2000
-    fetch_min_bytes: int = 1
-    fetch_max_wait_ms: int = 500
+    fetch_min_bytes: int = 262_144  # see CommonSettings.kafka_fetch_min_bytes
+    fetch_max_wait_ms: int = 200
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 120_000
