@@ -5,7 +5,8 @@
 No services. Same stream as ``loadtests.storage_bench`` (air uplinks, six
 readings each, ``--batch`` uplinks from as many devices per transaction).
 Prints milliseconds per transaction for ``WriteRows.of`` as the writer runs
-it (cyclic GC paused) and with the collector left on, and for folding each
+it (cyclic GC paused) and with the collector left on, for the hourly rollup's
+input arrays (``rollup_delta``), and for folding each
 transaction's device states into the pending ones (``PendingStates.absorb``);
 and per flush, for building the records of every device
 (``PendingStates.input``). Best of 5 passes over the stream; figures, not
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from citysense.records import RecordBatch
 from loadtests.storage_bench import BASE
 from loadtests.storage_common import uplinks
-from storage import write_rows
+from storage import rollup_delta, write_rows
 from storage.latest_state import PendingStates
 from storage.write_rows import WriteRows
 
@@ -60,6 +61,7 @@ def main() -> None:
     cases = {
         "WriteRows.of (GC paused, as the writer runs it)": lambda: [WriteRows.of(c) for c in chunks],
         "WriteRows.of with the cyclic GC left on": lambda: [_gc_left_on(c) for c in chunks],
+        "rollup_delta.params (the hourly rollup's input)": lambda: [rollup_delta.params(c) for c in chunks],
     }
     print(f"{readings:,} readings in {per_txn} transactions of {args.batch} uplinks "
           f"({args.batch * 6:,} readings); ms per transaction, best of 5:")

@@ -6,8 +6,9 @@ each slice is ready, so the server stores one slice while the next is built.
 If that COPY meets the primary key (a re-delivery, or a duplicate inside the
 batch), the transaction is rolled back and the rows go through a
 per-connection temporary stage and ``INSERT .. ON CONFLICT DO NOTHING``, so
-re-delivered rows vanish. On plain PostgreSQL the touched rollup buckets are
-noted for ``storage.rollups`` (see ``storage.write_sql``). Times travel as
+re-delivered rows vanish. On plain PostgreSQL the readings stored are merged
+into the hourly rollup in the same transaction (``storage.rollup_delta``,
+``storage.write_sql.ROLLUP_MERGE``), so it is exact at every commit. Times travel as
 integer microseconds, which avoids building a Python datetime per row.
 
 ``device_state`` (last seen, and the latest value per metric) is kept at
@@ -25,8 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 from typing import cast
 
 import psycopg
@@ -34,36 +34,28 @@ from psycopg_pool import AsyncConnectionPool
 
 from citysense.records import RecordBatch
 from storage import copy_binary as cb
-from storage import migrations, partitions
+from storage import migrations, partitions, rollup_delta
 from storage import write_sql as w
 from storage.base import WriteResult
 from storage.db import Conn, Query, is_refused, is_transient
 from storage.exceptions import StorageError, StorageRejectedError, StorageUnavailableError
 from storage.latest_state import PG_EPOCH_US, PendingStates
-from storage.schema import POSTGRES, ROLLUPS, Backend
+from storage.schema import POSTGRES, Backend
 from storage.settings import StorageSettings
 from storage.write_rows import Row, WriteRows
 
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_HOUR_US = 3_600_000_000
 _ENCODE_STEP = 100  # batches (uplinks) encoded per slice sent while the next is built
 _MAX_KNOWN = 2_000_000  # device ids remembered as having a device_state row (about 200 MB at most)
-# The rollup is hourly: buckets are computed from the PostgreSQL epoch (2000-01-01), which
-# shares hour boundaries with BUCKET_ORIGIN.
-assert [w // timedelta(microseconds=1) for w in ROLLUPS.values()] == [_HOUR_US]
-_ROLLUP = next(iter(ROLLUPS))
 
 
 class ReadingsSink:
-    """Writes readings, charger statuses and health, notes dirty rollup buckets; keeps device
+    """Writes readings, charger statuses and health, merges the hourly rollup; keeps device
     state pending until ``flush()`` (see the module docstring)."""
 
     def __init__(
         self, pool: AsyncConnectionPool, settings: StorageSettings | None = None,
-        *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._pool = pool
-        self._clock = clock  # which rollup buckets are closed (late rows), see _dirty_buckets
         self._settings = settings or migrations.default_settings()
         self._width = partitions.width_us(self._settings.chunk_interval)
         self._backend: Backend | None = None
@@ -162,10 +154,11 @@ class ReadingsSink:
                 statuses = await self._move(conn, rows.statuses, w.STATUS_STATEMENT, count_query=True)
                 health = await self._move(conn, rows.health, w.HEALTH_STATEMENT, count_query=False)
                 if all_new and self._backend == POSTGRES:
-                    # The fast path stored every reading: all the buckets they touch are
-                    # dirty, noted in the round trip of the commit.
+                    # The fast path stored every reading: all of them go into the hourly
+                    # rollup, merged in the round trip of the commit.
+                    merge = rollup_delta.params(rows.batches)
                     async with conn.pipeline():
-                        await conn.execute(w.NOTE_DIRTY, _dirty_buckets(rows, self._clock()))
+                        await conn.execute(w.ROLLUP_MERGE, merge)
                         await conn.commit()
                 else:
                     await conn.commit()
@@ -204,7 +197,7 @@ class ReadingsSink:
                     await conn.commit()
                     self._staged.add(conn)
                 await _copy_data(cur, w.COPY_READINGS_STAGE, rows.readings)
-                await cur.execute(w.slow_readings_statement(note_dirty=self._backend == POSTGRES))
+                await cur.execute(w.slow_readings_statement(merge_rollup=self._backend == POSTGRES))
                 got = await cur.fetchone()
                 return (int(got[0]), False, int(got[1])) if got else (0, False, 0)
             return rows.reading_count, True, 0
@@ -245,31 +238,3 @@ async def _copy_data(cur: psycopg.AsyncCursor[object], statement: Query, rows: b
         await copy.write(rows)
         await copy.write(cb.TRAILER)
 
-
-def _dirty_buckets(rows: WriteRows, now: datetime) -> tuple[list[str], list[datetime], list[str | None]]:
-    """(rollup, bucket start, device or None) of the rollup buckets the readings of ``rows`` touch.
-
-    A bucket still open at ``now`` is noted whole (device None): all its rows have yet to be
-    aggregated. A closed one, met by late rows, is noted once per device that has rows in it,
-    so the refresh recomputes those devices' rows only. Which side of ``now`` a bucket falls
-    only changes the refresh's work, never what it covers (each row's bucket is noted either
-    way), so this clock need not agree with the refresh's.
-    """
-    hours = {m - m % _HOUR_US for m in rows.minutes}
-    open_from = (now - _PG_EPOCH) // timedelta(microseconds=1)
-    open_from -= open_from % _HOUR_US
-    noted: list[tuple[int, str | None]] = [(h, None) for h in sorted(hours) if h >= open_from]
-    if len(noted) < len(hours):  # late rows: find their devices (rare enough to walk the batches)
-        late: set[tuple[int, str]] = set()
-        seen_ns = hour = -1
-        for b in rows.batches:
-            for r in b.readings:
-                if r.time_ns != seen_ns:  # readings of an uplink mostly share their time
-                    seen_ns = r.time_ns
-                    pt = r.time_ns // 1000 - PG_EPOCH_US
-                    hour = pt - pt % _HOUR_US
-                if hour < open_from:
-                    late.add((hour, r.device_id))
-        noted += sorted(late)
-    return ([_ROLLUP] * len(noted), [_PG_EPOCH + timedelta(microseconds=h) for h, _ in noted],
-            [d for _, d in noted])

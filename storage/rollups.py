@@ -1,6 +1,9 @@
-"""Rollup refresh on the PostgreSQL path: recompute dirty buckets from raw rows.
+"""Rollup refresh on the PostgreSQL path: recompute listed buckets from raw rows.
 
-The writer does not touch ``readings_1h``; it appends the buckets a batch
+Since 2026-12-05 the writer merges what it stores into ``readings_1h`` itself
+(``storage.rollup_delta``) and notes nothing; this refresh remains for the
+entries writers from before that left, and as the way to rebuild buckets from
+raw rows. Those writers appended the buckets a batch
 touched to ``rollup_dirty`` (no key, so writers never wait on each other): the
 whole bucket (``device_id`` NULL) while it is open, and once it has closed, the
 devices whose late rows it met. ``refresh`` takes the *closed* dirty buckets

@@ -1,13 +1,12 @@
 """The writer's SQL: the fast COPY, the re-delivery stage, and the state and status statements.
 
 Fast path (every row new): readings are COPYed straight into ``readings``,
-and the touched rollup buckets are noted in ``rollup_dirty`` with the
-commit. Slow path (a re-delivery: the COPY met the primary key): the
-transaction is rolled back, the rows are COPYed into a temporary stage and
-inserted with ``ON CONFLICT DO NOTHING``; only the rows actually inserted
-(``RETURNING``) dirty rollup buckets. A re-delivered row therefore changes
-nothing, and a late row lands at its real time and dirties the buckets of
-that time. ``device_state`` is updated at the writer's checkpoints
+and merged into the hourly rollup with the commit (``ROLLUP_MERGE``). Slow
+path (a re-delivery: the COPY met the primary key): the transaction is rolled
+back, the rows are COPYed into a temporary stage and inserted with ``ON
+CONFLICT DO NOTHING``; only the rows actually inserted (``RETURNING``) are
+merged into the rollup. A re-delivered row therefore changes nothing, and a
+late row lands at its real time, in the rollup bucket of that time. ``device_state`` is updated at the writer's checkpoints
 (``ReadingsSink.flush``) from one ``device_batch_state`` record per device
 (migration 4): last seen, and the newest reading per metric of every write
 since the last flush, sent as one array parameter. That update only ever
@@ -15,9 +14,7 @@ moves a value forward in time (an older or equal time never replaces a
 stored one), so states derived again from re-delivered batches change
 nothing.
 
-Rollups (PostgreSQL path) are not touched here: ``storage.rollups`` recomputes
-dirty buckets from raw rows in the background, and ``storage.queries`` reads
-raw rows for buckets still dirty, so answers stay exact.
+On TimescaleDB the rollup is a continuous aggregate and the writer does not touch it.
 
 Readings arrive as binary COPY data, and device states as one binary array
 of records, built in Python (``storage.write_rows``, ``storage.latest_state``,
@@ -40,6 +37,8 @@ from psycopg import sql
 
 from storage.db import Query
 from storage.schema import BUCKET_ORIGIN, ROLLUPS
+
+ROLLUP = "readings_1h"  # the one rollup the PostgreSQL path keeps (migration 9)
 
 READINGS_STAGE = sql.Identifier("readings_stage")
 
@@ -73,15 +72,44 @@ def _ts(column: LiteralString) -> Query:
     return sql.SQL("timestamptz 'epoch' + {} * interval '1 microsecond'").format(sql.Identifier(column))
 
 
-# Fast path: the buckets (of every rollup) the batch touched, computed by the sink; a device
-# id for the devices of late rows in buckets already closed, NULL (the whole bucket) otherwise.
-NOTE_DIRTY = sql.SQL(
-    """INSERT INTO rollup_dirty (rollup, bucket, device_id)
-       SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[])""")
+# The hourly rollup's merge (PostgreSQL path): the readings a write stored, grouped by
+# (device, metric, hour), are added to what the rollup holds, in the write's transaction. Sums
+# and counts add, minimum and maximum are kept, the newest value wins by time (two stored
+# readings of one device and metric never share a time: the primary key). The fast path sends
+# its readings as arrays (``storage.rollup_delta``); the slow path groups the rows its insert
+# returned, so a re-delivered reading adds nothing. In key order, so two writers cannot
+# deadlock in practice (Kafka's keying by device keeps them apart anyway).
+_ROLLUP_COLUMNS = sql.SQL(
+    "device_id, metric, bucket, value_sum, value_count, value_min, value_max, last_time, last_value")
+_ROLLUP_ON_CONFLICT = sql.SQL(
+    """ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+           value_sum = r.value_sum + excluded.value_sum,
+           value_count = r.value_count + excluded.value_count,
+           value_min = least(r.value_min, excluded.value_min),
+           value_max = greatest(r.value_max, excluded.value_max),
+           last_time = greatest(r.last_time, excluded.last_time),
+           last_value = CASE WHEN excluded.last_time > r.last_time
+                             THEN excluded.last_value ELSE r.last_value END""")
 
 
-def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
-    """Insert-or-ignore the staged readings; dirty buckets from the rows inserted.
+def _rollup_merge(source: sql.Composable) -> sql.Composed:
+    """Merge the rows of ``source`` (device_id, metric, time, value) into the hourly rollup."""
+    return sql.SQL(
+        """INSERT INTO {rollup} AS r ({cols})
+           SELECT device_id, metric, date_bin({width}, time, {origin}), sum(value), count(*),
+                  min(value), max(value), max(time), (array_agg(value ORDER BY time DESC))[1]
+           FROM {source} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+           {on_conflict}"""
+    ).format(rollup=sql.Identifier(ROLLUP), cols=_ROLLUP_COLUMNS, width=sql.Literal(ROLLUPS[ROLLUP]),
+             origin=sql.Literal(BUCKET_ORIGIN), source=source, on_conflict=_ROLLUP_ON_CONFLICT)
+
+
+ROLLUP_MERGE = _rollup_merge(sql.SQL(
+    "unnest(%b::text[], %b::text[], %b::timestamptz[], %b::float8[]) AS u (device_id, metric, time, value)"))
+
+
+def slow_readings_statement(*, merge_rollup: bool) -> sql.Composed:
+    """Insert-or-ignore the staged readings; merge what was inserted into the hourly rollup.
 
     Yields the number of rows inserted, and of conflicting duplicates: staged rows whose
     key (device, metric, time) is already stored with another value, or comes twice in
@@ -91,18 +119,11 @@ def slow_readings_statement(*, note_dirty: bool) -> sql.Composed:
     ctes: list[sql.Composable] = [
         sql.SQL(
             """ins AS (INSERT INTO readings ({cols}) SELECT {cols} FROM {stage}
-                ON CONFLICT DO NOTHING RETURNING device_id, time)"""
+                ON CONFLICT DO NOTHING RETURNING device_id, metric, time, value)"""
         ).format(cols=_READING_COLUMNS, stage=READINGS_STAGE),
     ]
-    if note_dirty:
-        for name, width in ROLLUPS.items():
-            # as the fast path: the device for buckets closed by now (the server's clock here)
-            ctes.append(sql.SQL(
-                """{cte} AS (INSERT INTO rollup_dirty (rollup, bucket, device_id)
-                   SELECT DISTINCT {name}, b, CASE WHEN b + {width} <= now() THEN device_id END
-                   FROM (SELECT date_bin({width}, time, {origin}) AS b, device_id FROM ins) i)"""
-            ).format(cte=sql.Identifier(f"dirty_{name}"), name=sql.Literal(name),
-                     width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN)))
+    if merge_rollup:
+        ctes.append(sql.SQL("merged AS ({})").format(_rollup_merge(sql.SQL("ins"))))
     # One primary-key probe per staged row (LATERAL .. LIMIT 1): the stage, a temporary table,
     # has no statistics, and a plain join may hash-join it with every partition of readings.
     conflicting = sql.SQL(
