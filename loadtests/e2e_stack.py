@@ -121,7 +121,10 @@ class Stack:
         base = os.environ.get("CITYSENSE_DATABASE_URL") or self.shared["CITYSENSE_DATABASE_URL"]
         self.database = f"cs_bench_{self.run_id}"
         with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+            # Collation "C": the keys (device ids, metric names) are compared bytewise, the
+            # same order as C.UTF-8's code points but without strcoll (storage/README.md).
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 LC_COLLATE 'C'").format(
+                sql.Identifier(self.database)))
         self.database_url = _db_url(base, self.database)
         async with await psycopg.AsyncConnection.connect(self.database_url) as conn:
             await migrations.migrate(conn)

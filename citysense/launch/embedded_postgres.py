@@ -160,7 +160,7 @@ class EmbeddedPostgres:
         self._password_file.write_text(secrets.token_urlsafe(24) + "\n")
         self._password_file.chmod(0o600)
         _owner(self._password_file)
-        self._run("initdb", "-D", str(self.cluster), "-U", self.user, "-E", "UTF8",
+        self._run("initdb", "-D", str(self.cluster), "-U", self.user, "-E", "UTF8", "--lc-collate=C",
                   "--auth=scram-sha-256", f"--pwfile={self._password_file}", "--no-instructions")
 
     def check_version(self) -> None:

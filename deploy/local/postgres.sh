@@ -33,7 +33,9 @@ init_cluster() {
   chmod 700 "$PGDIR" "$RUN"
   if [ ! -s "$DATA/PG_VERSION" ]; then
     info "postgres: initdb $DATA"
-    pg "$PGBIN/initdb" -D "$DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+    # Collation C: keys (device ids, metric names) compare bytewise, the same order as
+    # C.UTF-8's code points without strcoll per comparison (storage/README.md, "Collation").
+    pg "$PGBIN/initdb" -D "$DATA" -U postgres -E UTF8 --locale=C.UTF-8 --lc-collate=C \
       --auth-local=trust --auth-host=scram-sha-256 >>"$LOG" 2>&1 \
       || { tail -n 30 "$LOG" >&2; die "postgres: initdb failed (log: $LOG)"; }
     echo "include_if_exists = 'citysense.conf'" | pg tee -a "$DATA/postgresql.conf" >/dev/null
