@@ -6,9 +6,10 @@ each slice is ready, so the server stores one slice while the next is built.
 If that COPY meets the primary key (a re-delivery, or a duplicate inside the
 batch), the transaction is rolled back and the rows go through a
 per-connection temporary stage and ``INSERT .. ON CONFLICT DO NOTHING``, so
-re-delivered rows vanish. On plain PostgreSQL the readings stored are merged
-into the hourly rollup in the same transaction (``storage.rollup_delta``,
-``storage.write_sql.ROLLUP_MERGE``), so it is exact at every commit. Times travel as
+re-delivered rows vanish. On plain PostgreSQL the hours still open that the
+readings touch are noted for ``storage.rollups``, and readings of hours already
+closed are merged into the hourly rollup in the same transaction
+(``storage.rollup_delta``). Times travel as
 integer microseconds, which avoids building a Python datetime per row.
 
 ``device_state`` (last seen, and the latest value per metric) is kept at
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import psycopg
@@ -44,18 +46,21 @@ from storage.schema import POSTGRES, Backend
 from storage.settings import StorageSettings
 from storage.write_rows import Row, WriteRows
 
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _ENCODE_STEP = 100  # batches (uplinks) encoded per slice sent while the next is built
 _MAX_KNOWN = 2_000_000  # device ids remembered as having a device_state row (about 200 MB at most)
 
 
 class ReadingsSink:
-    """Writes readings, charger statuses and health, merges the hourly rollup; keeps device
+    """Writes readings, charger statuses and health, feeds the hourly rollup; keeps device
     state pending until ``flush()`` (see the module docstring)."""
 
     def __init__(
         self, pool: AsyncConnectionPool, settings: StorageSettings | None = None,
+        *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._pool = pool
+        self._clock = clock  # which rollup hours are still open (see _rollup_statements)
         self._settings = settings or migrations.default_settings()
         self._width = partitions.width_us(self._settings.chunk_interval)
         self._backend: Backend | None = None
@@ -154,11 +159,11 @@ class ReadingsSink:
                 statuses = await self._move(conn, rows.statuses, w.STATUS_STATEMENT, count_query=True)
                 health = await self._move(conn, rows.health, w.HEALTH_STATEMENT, count_query=False)
                 if all_new and self._backend == POSTGRES:
-                    # The fast path stored every reading: all of them go into the hourly
-                    # rollup, merged in the round trip of the commit.
-                    merge = rollup_delta.params(rows.batches)
+                    # The fast path stored every reading: the open hours they touch are noted,
+                    # the late ones merged, in the round trip of the commit.
                     async with conn.pipeline():
-                        await conn.execute(w.ROLLUP_MERGE, merge)
+                        for statement, params in _rollup_statements(rows, self._clock()):
+                            await conn.execute(statement, params)
                         await conn.commit()
                 else:
                     await conn.commit()
@@ -197,7 +202,7 @@ class ReadingsSink:
                     await conn.commit()
                     self._staged.add(conn)
                 await _copy_data(cur, w.COPY_READINGS_STAGE, rows.readings)
-                await cur.execute(w.slow_readings_statement(merge_rollup=self._backend == POSTGRES))
+                await cur.execute(w.slow_readings_statement(rollup=self._backend == POSTGRES))
                 got = await cur.fetchone()
                 return (int(got[0]), False, int(got[1])) if got else (0, False, 0)
             return rows.reading_count, True, 0
@@ -238,3 +243,20 @@ async def _copy_data(cur: psycopg.AsyncCursor[object], statement: Query, rows: b
         await copy.write(rows)
         await copy.write(cb.TRAILER)
 
+
+def _rollup_statements(rows: WriteRows, now: datetime) -> list[tuple[Query, Sequence[object]]]:
+    """What the fast path sends for the hourly rollup (``storage.rollup_delta``): the hours
+    still open at ``now`` noted whole in ``rollup_dirty``, and the readings of earlier hours
+    merged. Which side of ``now`` an hour falls only chooses how its readings reach the
+    rollup (a recompute from raw rows replaces what a merge added), so this clock need not
+    agree with the refresh's or another writer's."""
+    open_from = (now - _PG_EPOCH) // timedelta(microseconds=1)
+    open_from -= open_from % rollup_delta.HOUR_US
+    hours = {m - m % rollup_delta.HOUR_US for m in rows.minutes}
+    opened = sorted(h for h in hours if h >= open_from)
+    out: list[tuple[Query, Sequence[object]]] = []
+    if opened:
+        out.append((w.NOTE_OPEN, [[_PG_EPOCH + timedelta(microseconds=h) for h in opened]]))
+    if len(opened) < len(hours):
+        out.append((w.ROLLUP_MERGE, rollup_delta.params(rows.batches, open_from)))
+    return out

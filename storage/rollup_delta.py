@@ -1,18 +1,21 @@
-"""One write's readings as the hourly rollup's input, merged by the writer's commit.
+"""Late readings as the hourly rollup's input, merged by the writer's own commit.
 
-On the PostgreSQL path the writer keeps ``readings_1h`` itself (since 2026-12-05): when a write's
-readings all went in by the fast COPY (every row new), the same transaction sends them once more
-as four array parameters (device, metric, time, value; built here) to
-``write_sql.ROLLUP_MERGE``, which groups them by (device, metric, hour) and merges the groups
-into the rollup: sums and counts added, minimum and maximum kept, the newest value kept by
-time. Each stored reading is thus counted once, when it is stored; a re-delivery stores
-nothing and so adds nothing (the slow path merges only the rows its insert returned, in SQL).
-
-This replaced recomputing closed hours from raw rows in the background: in the benchmark's scale
-mix most devices report once or twice an hour, so that read each hour's rows back and rewrote
-0.55 rollup rows per reading (the hourly refresh was 115.6 s of PostgreSQL's statement time in
-the 5-minute ramp). Grouping here in Python instead (a dict of partial aggregates) cost
-1.6 us per rollup row (``loadtests.write_rows_bench``), about four times these arrays.
+On the PostgreSQL path the hourly rollup gets a write's readings in one of two ways, by the
+writer's clock (``readings_sink``):
+- readings of the hour still open: the hour is noted whole in ``rollup_dirty`` and
+  ``storage.rollups`` recomputes it from raw rows once it has closed, so a device reporting
+  every minute costs the rollup one row per hour and metric, not one update per uplink;
+- readings of hours already closed (NB-IoT backlogs: a meter sends four hourly samples every
+  4 h, three of them in closed hours; skewed clocks; re-sent data): merged in the write's
+  transaction. The readings go once more as four array parameters (device, metric, time,
+  value; built here) to ``write_sql.ROLLUP_MERGE``, which groups them by (device, metric,
+  hour) and merges the groups into the rollup: sums and counts added, minimum and maximum
+  kept, the newest value kept by time. A re-delivery stores nothing and so adds nothing (the
+  slow path merges only the rows its insert returned, in SQL).
+Before (to 2026-12-05), late rows noted (hour, device) entries and the refresh recomputed those
+devices' rows of the hour from raw rows: reading each back, for a rollup row per reading in the
+e2e benchmark's mix, where most rows are late. Grouping in Python instead (a dict of partial
+aggregates) cost 1.6 us per rollup row (``loadtests.write_rows_bench``), four times these arrays.
 
 The arrays use the binary format of ``array_recv`` (``copy_binary``), sent as they are
 (``copy_binary.Raw``); times are PostgreSQL-epoch microseconds, which is what a binary
@@ -30,6 +33,7 @@ from citysense.records import RecordBatch
 from storage import copy_binary as cb
 from storage.latest_state import PG_EPOCH_US
 
+HOUR_US = 3_600_000_000  # the rollup's bucket; PG-epoch hours are BUCKET_ORIGIN's hours
 _TEXT, _FLOAT8, _TSTZ = 25, 701, 1184
 _HEAD = ">iiiii"  # ndim, has-nulls, element oid, length, lower bound
 
@@ -61,11 +65,13 @@ def _text_array(fields: list[bytes]) -> cb.Raw:
     return cb.Raw(struct.pack(_HEAD, 1, 0, _TEXT, len(fields), 1) + b"".join(fields))
 
 
-def params(batches: Sequence[RecordBatch]) -> list[cb.Raw]:
-    """The readings of ``batches`` as ``write_sql.ROLLUP_MERGE``'s parameters: device, metric,
-    time and value arrays. Values are finite here (``write_rows`` refused the others)."""
-    readings = [r for b in batches for r in b.readings]
+def params(batches: Sequence[RecordBatch], before: int) -> list[cb.Raw]:
+    """The readings of ``batches`` earlier than ``before`` (PG-epoch us: the open hour's start)
+    as ``write_sql.ROLLUP_MERGE``'s parameters: device, metric, time and value arrays. Values
+    are finite here (``write_rows`` refused the others)."""
     shift = PG_EPOCH_US * 1000
+    limit = before * 1000 + shift  # in Unix nanoseconds, as the readings carry it
+    readings = [r for b in batches for r in b.readings if r.time_ns < limit]
     devices = [r.device_id for r in readings]
     device_fields = {d: cb.text_field(d) for d in set(devices)}  # each device encoded once
     metric = cb.cached_text_field

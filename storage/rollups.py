@@ -1,12 +1,10 @@
 """Rollup refresh on the PostgreSQL path: recompute listed buckets from raw rows.
 
-Since 2026-12-05 the writer merges what it stores into ``readings_1h`` itself
-(``storage.rollup_delta``) and notes nothing; this refresh remains for the
-entries writers from before that left, and as the way to rebuild buckets from
-raw rows. Those writers appended the buckets a batch
-touched to ``rollup_dirty`` (no key, so writers never wait on each other): the
-whole bucket (``device_id`` NULL) while it is open, and once it has closed, the
-devices whose late rows it met. ``refresh`` takes the *closed* dirty buckets
+The writer appends the open hours a batch touched to ``rollup_dirty`` (no key,
+so writers never wait on each other; ``device_id`` NULL: the whole bucket), and
+merges readings of hours already closed itself (``storage.rollup_delta``, since
+2026-12-05; before, it noted those hours once per device whose late rows it
+met, and entries naming a device are still recomputed for that device alone). ``refresh`` takes the *closed* dirty buckets
 (bucket end <= now), deletes their entries and recomputes from ``readings``
 with ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``: a bucket with a
 whole entry for all devices (read through the BRIN index on time), otherwise

@@ -11,10 +11,10 @@ layer needs no branches:
 - ``readings_1h``: per-device hourly rollup with ``value_sum``,
   ``value_count``, ``value_min``, ``value_max``, ``last_time``,
   ``last_value``. TimescaleDB: a continuous aggregate with real-time
-  aggregation. PostgreSQL: a table the writer merges each write's stored
-  readings into, in the write's transaction (``storage.rollup_delta``);
-  buckets listed in ``rollup_dirty`` (by writers from before that) are
-  recomputed from raw rows by ``storage.rollups``, and read raw until then.
+  aggregation. PostgreSQL: a table; the writer notes the open hours its
+  readings touch in ``rollup_dirty`` (recomputed from raw rows by
+  ``storage.rollups`` once closed, read raw until then) and merges late
+  readings in its own transaction (``storage.rollup_delta``).
   Migration 2 also made ``readings_1m``; migration 9 dropped it (series with
   buckets under an hour read ``readings`` by its primary key).
 - ``device_state``, ``charger_connectors``, ``charger_sessions``: current

@@ -1,12 +1,14 @@
 """The writer's SQL: the fast COPY, the re-delivery stage, and the state and status statements.
 
-Fast path (every row new): readings are COPYed straight into ``readings``,
-and merged into the hourly rollup with the commit (``ROLLUP_MERGE``). Slow
-path (a re-delivery: the COPY met the primary key): the transaction is rolled
-back, the rows are COPYed into a temporary stage and inserted with ``ON
-CONFLICT DO NOTHING``; only the rows actually inserted (``RETURNING``) are
-merged into the rollup. A re-delivered row therefore changes nothing, and a
-late row lands at its real time, in the rollup bucket of that time. ``device_state`` is updated at the writer's checkpoints
+Fast path (every row new): readings are COPYed straight into ``readings``;
+with the commit, the open hours they touch are noted in ``rollup_dirty`` and
+the readings of closed hours merged into the hourly rollup (``NOTE_OPEN``,
+``ROLLUP_MERGE``). Slow path (a re-delivery: the COPY met the primary key):
+the transaction is rolled back, the rows are COPYed into a temporary stage
+and inserted with ``ON CONFLICT DO NOTHING``; only the rows actually inserted
+(``RETURNING``) reach the rollup. A re-delivered row therefore changes
+nothing, and a late row lands at its real time, in the rollup bucket of that
+time. ``device_state`` is updated at the writer's checkpoints
 (``ReadingsSink.flush``) from one ``device_batch_state`` record per device
 (migration 4): last seen, and the newest reading per metric of every write
 since the last flush, sent as one array parameter. That update only ever
@@ -72,13 +74,16 @@ def _ts(column: LiteralString) -> Query:
     return sql.SQL("timestamptz 'epoch' + {} * interval '1 microsecond'").format(sql.Identifier(column))
 
 
-# The hourly rollup's merge (PostgreSQL path): the readings a write stored, grouped by
-# (device, metric, hour), are added to what the rollup holds, in the write's transaction. Sums
-# and counts add, minimum and maximum are kept, the newest value wins by time (two stored
-# readings of one device and metric never share a time: the primary key). The fast path sends
-# its readings as arrays (``storage.rollup_delta``); the slow path groups the rows its insert
-# returned, so a re-delivered reading adds nothing. In key order, so two writers cannot
-# deadlock in practice (Kafka's keying by device keeps them apart anyway).
+# The hourly rollup on the PostgreSQL path (``storage.rollup_delta``): the hours still open
+# that a write touched are noted whole in rollup_dirty (recomputed from raw rows once closed);
+# readings of hours already closed are grouped by (device, metric, hour) and added to what the
+# rollup holds, in the write's transaction. Sums and counts add, minimum and maximum are kept,
+# the newest value wins by time (two stored readings of one device and metric never share a
+# time: the primary key). The fast path sends its late readings as arrays; the slow path uses
+# the rows its insert returned, so a re-delivered reading adds nothing. In key order, so two
+# writers cannot deadlock in practice (Kafka's keying by device keeps them apart anyway).
+NOTE_OPEN = sql.SQL("INSERT INTO rollup_dirty (rollup, bucket) SELECT {}, unnest(%s::timestamptz[])").format(
+    sql.Literal(ROLLUP))
 _ROLLUP_COLUMNS = sql.SQL(
     "device_id, metric, bucket, value_sum, value_count, value_min, value_max, last_time, last_value")
 _ROLLUP_ON_CONFLICT = sql.SQL(
@@ -108,8 +113,10 @@ ROLLUP_MERGE = _rollup_merge(sql.SQL(
     "unnest(%b::text[], %b::text[], %b::timestamptz[], %b::float8[]) AS u (device_id, metric, time, value)"))
 
 
-def slow_readings_statement(*, merge_rollup: bool) -> sql.Composed:
-    """Insert-or-ignore the staged readings; merge what was inserted into the hourly rollup.
+def slow_readings_statement(*, rollup: bool) -> sql.Composed:
+    """Insert-or-ignore the staged readings; feed what was inserted to the hourly rollup
+    (``rollup``: the PostgreSQL path): open hours (by the server's clock here) noted, late
+    readings merged.
 
     Yields the number of rows inserted, and of conflicting duplicates: staged rows whose
     key (device, metric, time) is already stored with another value, or comes twice in
@@ -122,8 +129,16 @@ def slow_readings_statement(*, merge_rollup: bool) -> sql.Composed:
                 ON CONFLICT DO NOTHING RETURNING device_id, metric, time, value)"""
         ).format(cols=_READING_COLUMNS, stage=READINGS_STAGE),
     ]
-    if merge_rollup:
-        ctes.append(sql.SQL("merged AS ({})").format(_rollup_merge(sql.SQL("ins"))))
+    if rollup:
+        width, origin = sql.Literal(ROLLUPS[ROLLUP]), sql.Literal(BUCKET_ORIGIN)
+        ctes.append(sql.SQL(
+            """opened AS (INSERT INTO rollup_dirty (rollup, bucket)
+                SELECT DISTINCT {name}, b FROM (SELECT date_bin({width}, time, {origin}) AS b FROM ins) i
+                WHERE b + {width} > now())"""
+        ).format(name=sql.Literal(ROLLUP), width=width, origin=origin))
+        ctes.append(sql.SQL("merged AS ({})").format(_rollup_merge(sql.SQL(
+            "(SELECT * FROM ins WHERE date_bin({width}, time, {origin}) + {width} <= now()) AS late").format(
+                width=width, origin=origin))))
     # One primary-key probe per staged row (LATERAL .. LIMIT 1): the stage, a temporary table,
     # has no statistics, and a plain join may hash-join it with every partition of readings.
     conflicting = sql.SQL(

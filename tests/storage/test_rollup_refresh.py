@@ -1,15 +1,17 @@
-"""PostgreSQL-path rollup: merged by the writer at every commit; the refresh recomputes leftovers.
+"""PostgreSQL-path rollup: open hours recomputed from raw rows by the refresh (exact before it
+runs), late readings merged by the writer at once.
 
-Since the writer merges what it stores into ``readings_1h`` (``storage.rollup_delta``), nothing
-new is noted in ``rollup_dirty``; the refresh still recomputes from raw rows whatever is listed
-there (entries left by writers from before that change), and queries still read raw rows for
-listed buckets. The oracle throughout: the rollup table equals a GROUP BY over the raw rows.
+The writer's clock decides: hours still open are noted in ``rollup_dirty``; readings of closed
+hours are merged in the write's transaction (``storage.rollup_delta``). The factories' T0 is in
+2030, so a sink on the real clock sees every hour open; ``_late_sink`` is one whose clock is a
+day past T0, for which every hour is closed. The oracle for merges: the rollup table equals a
+GROUP BY over the raw rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from psycopg import sql
@@ -68,6 +70,107 @@ async def three_hours(pg_store: Store) -> Store:
     return pg_store
 
 
+async def test_a_late_row_is_exact_before_the_refresh_and_in_the_rollups_after(three_hours: Store) -> None:
+    async with three_hours.pool.connection() as conn:
+        assert await _dirty(conn) > 0
+        await _assert_rollups_answer_like_raw(conn)  # all dirty: served from raw rows
+        report = await rollups.refresh(conn, now=T0)
+        assert (report.buckets, report.devices) == ({"readings_1h": 3}, {"readings_1h": 0})
+        assert await _dirty(conn) == 0
+        await _assert_rollups_answer_like_raw(conn)  # all clean: served from the rollup table
+        late_minute = START + 30 * MIN
+        assert await _table_row(conn, "readings_1h", START) == (180, 49.0, 3.0)
+
+    # The sink's clock is before T0 (the factories' T0 is in 2030): the late row's hour is
+    # still open for it, so the whole hour is dirtied.
+    late = backlog("air-1", late_minute + timedelta(seconds=50), STEP, "pm25", [1000.0], received=T0)
+    assert (await three_hours.sink.write([late])).readings_inserted == 1
+
+    async with three_hours.pool.connection() as conn:
+        # Before the refresh: the table is stale, the queries are not.
+        assert await _table_row(conn, "readings_1h", START) == (180, 49.0, 3.0)
+        assert await _dirty(conn) == 1  # its hour
+        await _assert_rollups_answer_like_raw(conn)
+        counts = await queries.reading_counts(conn, "district", START, T0)
+        assert counts == {"North": 3 * 180 + 1}
+        await conn.commit()
+
+        report = await rollups.refresh(conn, now=T0)
+        assert (report.buckets, report.devices) == ({"readings_1h": 1}, {"readings_1h": 0})
+        assert await _table_row(conn, "readings_1h", START) == (181, 1000.0, 3.0)
+        assert await _dirty(conn) == 0
+        await _assert_rollups_answer_like_raw(conn)
+        assert await queries.reading_counts(conn, "district", START, T0) == counts
+        await conn.commit()
+
+        # Idempotent: a second refresh and a re-delivery change nothing.
+        before = await snapshot(conn)
+        await conn.commit()
+        assert (await rollups.refresh(conn, now=T0)).buckets == {"readings_1h": 0}
+    assert (await three_hours.sink.write([late])).readings_inserted == 0
+    async with three_hours.pool.connection() as conn:
+        assert await _dirty(conn) == 0
+        assert await snapshot(conn) == before
+
+
+async def test_late_rows_of_a_closed_hour_are_merged_at_once(three_hours: Store) -> None:
+    """A writer whose clock says the hour has closed merges its late rows into that hour's
+    rollup rows of their devices in its own transaction; the open hour is noted whole."""
+    at = START + 10 * MIN + timedelta(seconds=5)
+    await three_hours.sink.write([uplink("air-2", at, {"pm25": 7.0})])  # sink clock < T0: open
+    async with three_hours.pool.connection() as conn:
+        await rollups.refresh(conn, now=T0)
+        # A marker on air-2's row of that hour: merging air-1's late rows must leave it.
+        await conn.execute("UPDATE readings_1h SET value_max = -1 WHERE device_id = 'air-2'")
+        await conn.commit()
+    late_sink = ReadingsSink(three_hours.pool, three_hours.settings, clock=lambda: T0)
+    late = [backlog("air-1", at, STEP, "pm25", [1000.0, 2000.0], received=T0),  # two rows, one hour
+            uplink("air-1", T0 + timedelta(seconds=5), {"pm25": 3.0})]  # the open hour: noted
+    assert (await late_sink.write(late)).readings_inserted == 3
+    async with three_hours.pool.connection() as conn:
+        cur = await conn.execute("SELECT bucket, device_id FROM rollup_dirty ORDER BY 1, 2")
+        assert await cur.fetchall() == [(T0, None)]
+        await conn.commit()
+        assert await _table_row(conn, "readings_1h", START) == (182, 2000.0, 3.0)  # merged
+        await _assert_rollups_answer_like_raw(conn)
+        cur = await conn.execute("SELECT value_count, value_max FROM readings_1h WHERE device_id = 'air-2'")
+        assert await cur.fetchall() == [(1, -1.0)]  # not touched
+        await conn.commit()
+
+
+async def test_open_buckets_stay_dirty_until_they_close(pg_store: Store) -> None:
+    at = T0 + 3 * MIN
+    for i in range(3):  # three writes into the same hour
+        await pg_store.sink.write([uplink("air-1", at + i * STEP, {"pm25": 5.0})])
+    async with pg_store.pool.connection() as conn:
+        await conn.set_autocommit(True)
+        assert await _dirty(conn) == 3
+        assert (await rollups.refresh(conn, now=at + MIN)).buckets == {"readings_1h": 0}
+        assert await _dirty(conn) == 1  # compacted: one entry per open bucket
+        hour = await queries.series(conn, "air-1", "pm25", T0, T0 + HOUR, HOUR, "count", source="readings_1h")
+        assert [p.value for p in hour] == [3.0]  # the open hour is served from raw rows
+        assert (await rollups.refresh(conn, now=T0 + HOUR)).buckets == {"readings_1h": 1}
+        assert await _dirty(conn) == 0
+
+
+async def test_rows_accepted_after_retention_do_not_replace_rolled_up_buckets(pg_store: Store) -> None:
+    old = T0 - timedelta(days=100)
+    await pg_store.sink.write([uplink("air-1", old, {"pm25": 1.0})])
+    async with pg_store.pool.connection() as conn:
+        await conn.set_autocommit(True)
+        report = await maintenance.maintain(conn, storage_settings(retention=timedelta(days=90)), now=T0)
+        assert report.refreshed is not None and report.refreshed.buckets["readings_1h"] == 1
+        assert report.dropped
+    # The same hour, after its raw rows were dropped: a recompute would keep only this row.
+    await pg_store.sink.write([uplink("air-1", old + timedelta(seconds=30), {"pm25": 9.0})])
+    async with pg_store.pool.connection() as conn:
+        await conn.set_autocommit(True)
+        report2 = await rollups.refresh(conn, now=T0)
+        assert (report2.buckets, report2.skipped) == ({"readings_1h": 0}, 1)
+        cur = await conn.execute("SELECT value_count, value_max FROM readings_1h")
+        assert await cur.fetchall() == [(1, 1.0)]
+
+
 _RAW_GROUPED = sql.SQL(
     """SELECT device_id, metric, date_bin('1 hour', time, '2000-01-03 00:00:00+00') AS bucket,
               sum(value), count(*), min(value), max(value), max(time),
@@ -87,54 +190,60 @@ async def _assert_rollup_is_raw_grouped(conn: Conn) -> None:
         assert got[3] == pytest.approx(want[3]) and got[4:] == want[4:], got[:3]
 
 
-async def test_the_rollup_is_exact_at_every_commit_late_rows_and_redeliveries_too(three_hours: Store) -> None:
-    async with three_hours.pool.connection() as conn:
-        assert await _dirty(conn) == 0  # nothing left for a refresh
-        await _assert_rollup_is_raw_grouped(conn)
-        await _assert_rollups_answer_like_raw(conn)
-        assert await _table_row(conn, "readings_1h", START) == (180, 49.0, 3.0)
+def _late_sink(store: Store) -> ReadingsSink:
+    """A sink whose clock is a day past T0: every hour of the factories' data is closed."""
+    return ReadingsSink(store.pool, store.settings, clock=lambda: T0 + timedelta(days=1))
 
-    late = backlog("air-1", START + 30 * MIN + timedelta(seconds=50), STEP, "pm25", [1000.0], received=T0)
-    assert (await three_hours.sink.write([late])).readings_inserted == 1
+
+# Before the server's clock (the slow path's), so the slow path merges these too.
+PAST = datetime(2026, 1, 5, 10, tzinfo=UTC)
+
+
+async def test_late_writes_keep_the_rollup_exact_at_every_commit_and_redeliveries_add_nothing(
+        three_hours: Store) -> None:
     async with three_hours.pool.connection() as conn:
-        assert await _table_row(conn, "readings_1h", START) == (181, 1000.0, 3.0)  # no refresh
-        assert await _dirty(conn) == 0
+        await rollups.refresh(conn, now=T0)
+        await _assert_rollup_is_raw_grouped(conn)
+    sink = _late_sink(three_hours)
+    late = backlog("air-1", START + 30 * MIN + timedelta(seconds=50), STEP, "pm25", [1000.0], received=T0)
+    other = uplink("air-2", START + 90 * MIN, {"pm25": 4.0, "no2": 2.0})
+    assert (await sink.write([late, other])).readings_inserted == 3
+    async with three_hours.pool.connection() as conn:
+        assert await _dirty(conn) == 0  # nothing noted: merged
+        assert await _table_row(conn, "readings_1h", START) == (181, 1000.0, 3.0)
         await _assert_rollup_is_raw_grouped(conn)
         await _assert_rollups_answer_like_raw(conn)
-        assert await queries.reading_counts(conn, "district", START, T0) == {"North": 3 * 180 + 1}
-        await conn.commit()
         before = await snapshot(conn)
         await conn.commit()
-        assert (await rollups.refresh(conn, now=T0 + HOUR)).buckets == {"readings_1h": 0}
-
     # A re-delivery (the slow path: the COPY meets the primary key) adds nothing.
-    assert (await three_hours.sink.write([late])).readings_inserted == 0
+    assert (await sink.write([late, other])).readings_inserted == 0
     async with three_hours.pool.connection() as conn:
         assert await snapshot(conn) == before
 
 
-async def test_the_slow_path_merges_only_the_rows_it_inserted(three_hours: Store) -> None:
+async def test_the_slow_path_merges_only_the_rows_it_inserted(pg_store: Store) -> None:
     """A batch mixing re-delivered rows, a duplicate inside itself and new rows in two hours,
     one of them earlier than the hour's newest value: the rollup gets the new rows once."""
-    old = uplink("air-1", START + 10 * MIN, {"pm25": 7.0 * 10 % 50})  # stored by the fixture
-    new_early = backlog("air-1", START + 10 * MIN + timedelta(seconds=5), STEP, "pm25", [-3.0, 500.0],
-                        received=T0)
-    new_other = uplink("air-2", START + HOUR + MIN, {"pm25": 4.0, "no2": 2.0})
-    result = await three_hours.sink.write([old, new_early, new_other, new_other])
+    first = [uplink("air-1", PAST + i * STEP, {"pm25": float(i)}) for i in range(10)]
+    assert (await pg_store.sink.write(first)).readings_inserted == 10  # fast path, merged
+    new_early = backlog("air-1", PAST + timedelta(seconds=5), STEP, "pm25", [-3.0, 500.0], received=PAST)
+    new_other = uplink("air-2", PAST + HOUR + MIN, {"pm25": 4.0, "no2": 2.0})
+    result = await pg_store.sink.write([first[3], new_early, new_other, new_other])
     assert (result.readings_offered, result.readings_inserted) == (7, 4)
-    async with three_hours.pool.connection() as conn:
+    async with pg_store.pool.connection() as conn:
+        assert await _dirty(conn) == 0
         await _assert_rollup_is_raw_grouped(conn)
-        assert await _table_row(conn, "readings_1h", START) == (182, 500.0, 3.0)  # newest stays newest
         cur = await conn.execute(
-            "SELECT value_min FROM readings_1h WHERE device_id = 'air-1' AND bucket = %s", (START,))
-        assert await cur.fetchone() == (-3.0,)
+            "SELECT value_count, value_min, value_max, last_value FROM readings_1h WHERE device_id = 'air-1'")
+        assert await cur.fetchall() == [(12, -3.0, 500.0, 9.0)]  # the newest by time stays newest
         await conn.commit()
 
 
 async def test_out_of_order_writes_keep_the_newest_value_by_device_time(pg_store: Store) -> None:
     at = T0 + 10 * MIN
+    sink = _late_sink(pg_store)
     for offset, value in ((30, 3.0), (50, 5.0), (10, 1.0), (40, 4.0)):  # arrival order
-        await pg_store.sink.write([uplink("air-1", at + timedelta(seconds=offset), {"pm25": value})])
+        await sink.write([uplink("air-1", at + timedelta(seconds=offset), {"pm25": value})])
     async with pg_store.pool.connection() as conn:
         cur = await conn.execute("SELECT value_sum, value_count, value_min, value_max, last_time, last_value"
                                  " FROM readings_1h")
@@ -146,7 +255,7 @@ async def test_out_of_order_writes_keep_the_newest_value_by_device_time(pg_store
 async def test_concurrent_writers_on_one_rollup_row_lose_no_update(pg_store: Store) -> None:
     """Kafka's keying keeps writers off each other's devices, but across a rebalance two may
     merge into the same (device, metric, hour): the row lock serialises them."""
-    sinks = [ReadingsSink(pg_store.pool, pg_store.settings) for _ in range(2)]
+    sinks = [_late_sink(pg_store) for _ in range(2)]
     writes = [sinks[i % 2].write([uplink("air-1", T0 + i * timedelta(seconds=7), {"pm25": float(i)})])
               for i in range(40)]
     await asyncio.gather(*writes)
@@ -157,66 +266,16 @@ async def test_concurrent_writers_on_one_rollup_row_lose_no_update(pg_store: Sto
         await _assert_rollup_is_raw_grouped(conn)
 
 
-# The refresh, for entries a writer from before the merge left in rollup_dirty.
-async def _note(conn: Conn, bucket: datetime, device: str | None = None) -> None:
-    await conn.execute("INSERT INTO rollup_dirty (rollup, bucket, device_id) VALUES ('readings_1h', %s, %s)",
-                       (bucket, device))
-    await conn.commit()
-
-
-async def test_the_refresh_recomputes_listed_buckets_from_raw_rows(three_hours: Store) -> None:
-    async with three_hours.pool.connection() as conn:
-        # What an older writer left: a stale row, its whole hour listed, and one device's
-        # late rows of another hour listed.
-        await conn.execute("UPDATE readings_1h SET value_max = -1, value_count = 1 WHERE bucket < %s",
-                           (START + 2 * HOUR,))
-        await conn.commit()
-        await _note(conn, START)
-        await _note(conn, START + HOUR, "air-1")
-        await _assert_rollups_answer_like_raw(conn)  # listed buckets are served from raw rows
-        report = await rollups.refresh(conn, now=T0)
-        assert (report.buckets, report.devices) == ({"readings_1h": 1}, {"readings_1h": 1})
-        assert await _dirty(conn) == 0
+async def test_a_write_across_the_open_hour_notes_it_and_merges_the_rest(pg_store: Store) -> None:
+    sink = ReadingsSink(pg_store.pool, pg_store.settings, clock=lambda: T0 + 5 * MIN)
+    backfill = backlog("nb-1", T0 - 2 * HOUR, 20 * MIN, "level", [float(i) for i in range(9)],
+                       received=T0 + 5 * MIN)  # 2 closed hours, then the open one
+    assert (await sink.write([backfill])).readings_inserted == 9
+    async with pg_store.pool.connection() as conn:
+        cur = await conn.execute("SELECT bucket, device_id FROM rollup_dirty")
+        assert await cur.fetchall() == [(T0, None)]
         cur = await conn.execute("SELECT bucket, value_count FROM readings_1h ORDER BY 1")
-        assert await cur.fetchall() == [(START, 180), (START + HOUR, 180), (START + 2 * HOUR, 180)]
+        assert await cur.fetchall() == [(T0 - 2 * HOUR, 3), (T0 - HOUR, 3)]
         await conn.commit()
+        await rollups.refresh(conn, now=T0 + HOUR)
         await _assert_rollup_is_raw_grouped(conn)
-
-
-async def test_open_buckets_stay_listed_until_they_close(pg_store: Store) -> None:
-    at = T0 + 3 * MIN
-    for i in range(3):
-        await pg_store.sink.write([uplink("air-1", at + i * STEP, {"pm25": 5.0})])
-    async with pg_store.pool.connection() as conn:
-        await conn.set_autocommit(True)
-        for _ in range(3):  # one entry per write, as the older writers noted them
-            await _note(conn, T0)
-        assert (await rollups.refresh(conn, now=at + MIN)).buckets == {"readings_1h": 0}
-        assert await _dirty(conn) == 1  # compacted: one entry per open bucket
-        hour = await queries.series(conn, "air-1", "pm25", T0, T0 + HOUR, HOUR, "count", source="readings_1h")
-        assert [p.value for p in hour] == [3.0]
-        assert (await rollups.refresh(conn, now=T0 + HOUR)).buckets == {"readings_1h": 1}
-        assert await _dirty(conn) == 0
-        await _assert_rollup_is_raw_grouped(conn)
-
-
-async def test_rows_accepted_after_retention_add_to_their_bucket_and_are_never_recomputed(
-        pg_store: Store) -> None:
-    old = T0 - timedelta(days=100)
-    await pg_store.sink.write([uplink("air-1", old, {"pm25": 1.0})])
-    async with pg_store.pool.connection() as conn:
-        await conn.set_autocommit(True)
-        report = await maintenance.maintain(conn, storage_settings(retention=timedelta(days=90)), now=T0)
-        assert report.dropped
-    # The same hour, after its raw rows were dropped: merged into what the rollup kept.
-    await pg_store.sink.write([uplink("air-1", old + timedelta(seconds=30), {"pm25": 9.0})])
-    async with pg_store.pool.connection() as conn:
-        await conn.set_autocommit(True)
-        cur = await conn.execute("SELECT value_count, value_max FROM readings_1h")
-        assert await cur.fetchall() == [(2, 9.0)]
-        # A listed entry there must not be recomputed: only one of its two rows is still raw.
-        await _note(conn, old.replace(minute=0, second=0, microsecond=0))
-        report2 = await rollups.refresh(conn, now=T0)
-        assert (report2.buckets, report2.skipped) == ({"readings_1h": 0}, 1)
-        cur = await conn.execute("SELECT value_count, value_max FROM readings_1h")
-        assert await cur.fetchall() == [(2, 9.0)]
