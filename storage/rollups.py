@@ -5,8 +5,8 @@ so writers never wait on each other; ``device_id`` NULL: the whole bucket), and
 merges readings of hours already closed itself (``storage.rollup_delta``, since
 2026-12-05; before, it noted those hours once per device whose late rows it
 met, and entries naming a device are still recomputed for that device alone).
-``refresh`` takes the *closed* dirty buckets (bucket end <= now), deletes their entries and recomputes from ``readings``
-with ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``: a bucket with a
+``refresh`` takes the *closed* dirty buckets (bucket end <= now), deletes their
+entries and recomputes from ``readings`` with ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``: a bucket with a
 whole entry for all devices (read through the BRIN index on time), otherwise
 only the listed devices' rows of it (by the primary key, or a scan of the bucket
 for many devices), all under one snapshot (REPEATABLE READ), so:
