@@ -6,10 +6,11 @@ merges readings of hours already closed itself (``storage.rollup_delta``, since
 2026-12-05; before, it noted those hours once per device whose late rows it
 met, and entries naming a device are still recomputed for that device alone).
 ``refresh`` takes the *closed* dirty buckets (bucket end <= now), deletes their
-entries and recomputes from ``readings`` with ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE``: a bucket with a
-whole entry for all devices (read through the BRIN index on time), otherwise
-only the listed devices' rows of it (by the primary key, or a scan of the bucket
-for many devices), all under one snapshot (REPEATABLE READ), so:
+entries and recomputes from ``readings`` with ``INSERT .. SELECT .. GROUP BY ..
+ON CONFLICT DO UPDATE``: a bucket with a whole entry for all devices (read
+through the BRIN index on time), otherwise only the listed devices' rows of it
+(by the primary key, or a scan of the bucket for many devices), all under one
+snapshot (REPEATABLE READ), so:
 
 - recomputing from raw rows is idempotent and takes late rows at their real time;
 - a writer committing after the snapshot leaves its own entries behind, so its
