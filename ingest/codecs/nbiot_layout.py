@@ -133,9 +133,14 @@ class Layouts:
         """The frame's records if a known layout fits it exactly; None: ask the general decoder."""
         if len(frame) < 13:
             return None
-        for layout in self._by_key.get((len(frame), frame[1], frame[10]), ()):
+        known = self._by_key.get((len(frame), frame[1], frame[10]))
+        if known is None:
+            return None
+        for i, layout in enumerate(known):
             batch = layout.decode(device_id, frame, received_ns)
             if batch is not None:
+                if i:  # the shape last seen is tried first next time
+                    known.insert(0, known.pop(i))
                 return batch
         return None
 
