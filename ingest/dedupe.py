@@ -50,23 +50,23 @@ def uplink_keys(batch: RecordBatch, payload: bytes = b"") -> tuple[Key, ...]:
 
 
 class Window:
-    __slots__ = ("_current", "_half", "_previous")
+    __slots__ = ("_half", "current", "previous")
 
     def __init__(self, capacity: int) -> None:
         self._half = max(1, capacity // 2)
-        self._current: set[Key] = set()
-        self._previous: set[Key] = set()
+        self.current: set[Key] = set()
+        self.previous: set[Key] = set()
 
     def __contains__(self, key: Key) -> bool:
-        return key in self._current or key in self._previous
+        return key in self.current or key in self.previous
 
     def __len__(self) -> int:
-        return len(self._current) + len(self._previous)
+        return len(self.current) + len(self.previous)
 
     def add(self, key: Key) -> None:
-        self._current.add(key)
-        if len(self._current) >= self._half:
-            self._previous, self._current = self._current, set()
+        self.current.add(key)
+        if len(self.current) >= self._half:
+            self.previous, self.current = self.current, set()
 
 
 class Deduper:
@@ -86,8 +86,8 @@ class Deduper:
         if staged is None:
             staged = self._staged[tp] = set()
         if len(keys) == 1:  # the common case: one key per numbered uplink
-            key = keys[0]
-            if key in staged or (window is not None and key in window):
+            key = keys[0]  # (the window's sets tested here: a method call per uplink costs more)
+            if key in staged or (window is not None and (key in window.current or key in window.previous)):
                 return True
             staged.add(key)
             return False

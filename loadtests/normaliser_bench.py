@@ -2,7 +2,9 @@
 
 Pre-fills a fresh raw topic with N envelopes (LTE-Cat1 JSON air uplinks of
 six readings, and NB-IoT frames of three buffered samples x three metrics
-plus health), then runs one ``Normaliser`` in this process until every raw
+plus health; or, with ``--mix scale``, the simulators' uplinks of the ``scale``
+scenario's kind mix: Cat1 JSON, NB-IoT frames raw and hex, OCPP chargers), then
+runs one ``Normaliser`` in this process until every raw
 record is committed. Prints uplinks/s, readings/s and the CPU the process
 used (time.process_time and getrusage), then profiles a second, smaller run
 with cProfile and prints the top costs. The clock starts at the first batch
@@ -10,6 +12,7 @@ handled, so the consumer group's join delay is not counted. Bounded: the
 defaults finish well within 90 s on a loaded 2-core machine.
 
     .venv/bin/python loadtests/normaliser_bench.py --uplinks 200000
+    .venv/bin/python loadtests/normaliser_bench.py --uplinks 200000 --mix scale
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import argparse
 import asyncio
 import cProfile
 import io
+import itertools
+import math
 import pstats
 import resource
 import sys
@@ -66,6 +71,31 @@ def make_records(n: int, nbiot_share: float, devices: int = 10_000) -> tuple[lis
         readings += len(rs)
         env = Envelope(uplink_topic(kind, dev), dev, t + 20_000_000, payload)
         records.append((dev.encode(), encode(env)))
+    return records, readings
+
+
+def scale_records(n: int, devices: int, faults: bool) -> tuple[list[KeyValue], int]:
+    """``n`` uplinks of the scale scenario's devices, one round after another (e2e's load shape),
+    device times ending around now; received 20 ms after the device sent them."""
+    from simulators.load import build_streams, round_robin, with_faults
+    from simulators.scenario import ScaleScenario, load_scenario
+    from simulators.scenario_registry import scale_devices
+
+    sc = load_scenario("scale")
+    assert isinstance(sc, ScaleScenario)
+    specs = scale_devices(sc, devices)
+    streams = build_streams(specs, seed=sc.seed, start_ns=time.time_ns(),
+                            back_intervals=math.ceil(n / len(specs)))
+    uplinks = round_robin(streams)
+    if faults:
+        uplinks = with_faults(uplinks, sc.faults.as_dict(), sc.seed)[0]
+    records: list[KeyValue] = []
+    readings = 0
+    for u in itertools.islice(uplinks, n):
+        if not u.fault:
+            readings += len(u.batch.readings)
+        env = Envelope(u.topic, u.device_id, u.time_ns + 20_000_000, u.payload)
+        records.append((u.device_id.encode(), encode(env)))
     return records, readings
 
 
@@ -124,23 +154,30 @@ async def run_once(bus: KafkaBus, records: list[KeyValue], partitions: int, max_
 
 async def main(args: argparse.Namespace) -> None:
     bus = KafkaBus(KafkaConfig(bootstrap=bootstrap(), client_id="bench", linger_ms=args.linger_ms))
-    records, readings = make_records(args.uplinks, args.nbiot_share)
+    if args.mix == "scale":
+        records, readings = scale_records(args.uplinks, args.devices, args.faults)
+        what = f"scale mix of {args.devices} devices{', faults' if args.faults else ''}"
+    else:
+        records, readings = make_records(args.uplinks, args.nbiot_share)
+        what = f"{args.nbiot_share:.0%} NB-IoT frames"
     print(f"raw records: {len(records)} uplinks carrying {readings} readings "
-          f"({args.nbiot_share:.0%} NB-IoT frames), {args.partitions} partitions", flush=True)
+          f"({what}), {args.partitions} partitions", flush=True)
     r = await run_once(bus, records, args.partitions, args.max_records)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(f"prefill {r['fill_s']:.1f}s (not measured)")
     print(f"normalised {r['uplinks']:.0f} uplinks -> {r['readings']:.0f} readings, {r['dead']:.0f} dead "
           f"in {r['wall_s']:.2f}s wall, {r['cpu_s']:.2f}s CPU ({r['cpu_share']:.0%} of one core)")
     print(f"RESULT uplinks/s={r['uplinks_s']:.0f} readings/s={r['readings_s']:.0f} "
-          f"cpu_s_per_100k_uplinks={100_000 * r['cpu_s'] / r['uplinks']:.2f}")
+          f"cpu_s_per_100k_uplinks={100_000 * r['cpu_s'] / r['uplinks']:.2f} "
+          f"us_cpu_per_uplink={1e6 * r['cpu_s'] / r['uplinks']:.1f} "
+          f"us_cpu_per_reading={1e6 * r['cpu_s'] / max(1, r['readings']):.2f}")
     print(f"process rusage: user={ru.ru_utime:.1f}s sys={ru.ru_stime:.1f}s maxrss={ru.ru_maxrss // 1024} MiB")
     if args.profile_uplinks:
         profiler = cProfile.Profile()
         small = records[: args.profile_uplinks]
         p = await run_once(bus, small, args.partitions, args.max_records, profiler)
         out = io.StringIO()
-        stats = pstats.Stats(profiler, stream=out).sort_stats("tottime")
+        stats = pstats.Stats(profiler, stream=out).sort_stats(args.sort)
         stats.print_stats(args.top)
         print(f"\nprofile run (cProfile on, slower): {p['uplinks_s']:.0f} uplinks/s; "
               f"top {args.top} by own time:")
@@ -152,11 +189,16 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--uplinks", type=int, default=200_000)
+    ap.add_argument("--mix", choices=("air-nbiot", "scale"), default="air-nbiot",
+                    help="air JSON + NB-IoT frames (--nbiot-share), or the scale scenario's kinds")
+    ap.add_argument("--devices", type=int, default=100_000, help="--mix scale: device count")
+    ap.add_argument("--faults", action="store_true", help="--mix scale: the scenario's fault ratios")
     ap.add_argument("--nbiot-share", type=float, default=0.2)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--max-records", type=int, default=10_000)
     ap.add_argument("--linger-ms", type=int, default=5)
     ap.add_argument("--profile-uplinks", type=int, default=60_000)
     ap.add_argument("--top", type=int, default=18)
+    ap.add_argument("--sort", default="tottime", help="cProfile sort key (tottime, cumulative)")
     asyncio.run(main(ap.parse_args()))
     sys.exit(0)

@@ -122,8 +122,7 @@ class Cat1JsonCodec:
         if payload.count(b":") != 2 + (body.seq != -1) + len(body.m):  # a repeated key, or extras
             self.conflicts += conflicting_keys(payload)
         time_ns = body.ts * 1_000_000
-        readings = tuple(
-            Reading(device_id, metric, time_ns, value, received_ns, body.seq)
-            for metric, value in body.m.items()
-        )
+        seq = body.seq
+        readings = tuple([Reading(device_id, metric, time_ns, value, received_ns, seq)
+                          for metric, value in body.m.items()])
         return RecordBatch(device_id=device_id, received_ns=received_ns, readings=readings)

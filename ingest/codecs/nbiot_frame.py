@@ -34,6 +34,8 @@ one frame have distinct times per metric. Decoding checks, in order: size
 when the declared lengths run past the end, ``malformed`` for bad lengths or
 trailing bytes), CRC (``bad_crc``), then meaning (``unknown_metric``,
 ``bad_timestamp`` for a zero base time or samples out of time order).
+A frame of a shape already accepted once is decoded by ``nbiot_layout``'s
+fast path, which accepts exactly what this walk accepts.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from ingest.codecs.base import (
     UNSUPPORTED_VERSION,
     DecodeError,
 )
+from ingest.codecs.nbiot_layout import Layouts
 
 VERSION = 1
 FLAG_HEALTH = 0x01
@@ -65,7 +68,7 @@ _HEADER = struct.Struct(">BBIIB")
 _SAMPLE = struct.Struct(">HB")
 _U16 = struct.Struct(">H")
 _I16 = struct.Struct(">h")
-_HEX_CHARS = frozenset(b"0123456789abcdefABCDEF")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"  # bytes.translate deletes them: what is left is not hex
 _NS = 1_000_000_000
 _SCALE = (1, 10, 100, 1000)
 
@@ -85,6 +88,7 @@ TAGS: dict[int, tuple[str, int]] = {
     0x23: ("power_kwh", 2),
 }
 METRIC_TAGS: dict[str, tuple[int, int]] = {m: (t, d) for t, (m, d) in TAGS.items()}
+_LAYOUTS = Layouts(TAGS)
 
 
 def crc16(data: bytes) -> int:
@@ -274,10 +278,21 @@ def _take(data: bytes, pos: int, n: int) -> int:
 def decode_frame(device_id: str, frame: bytes, received_ns: int) -> RecordBatch | DecodeError:
     if len(frame) > MAX_PAYLOAD_BYTES:
         return DecodeError(OVERSIZE, f"{len(frame)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    if len(frame) >= 2 and all(c in _HEX_CHARS for c in frame):
+    if len(frame) >= 2 and not frame.translate(None, _HEX_DIGITS):
         if len(frame) % 2:
             return DecodeError(TRUNCATED, "hex payload has an odd number of digits")
         frame = binascii.unhexlify(frame)
+    fast = _LAYOUTS.decode(device_id, frame, received_ns)
+    if fast is not None:
+        return fast
+    decoded = _walk(device_id, frame, received_ns)
+    if not isinstance(decoded, DecodeError):
+        _LAYOUTS.learn(frame)
+    return decoded
+
+
+def _walk(device_id: str, frame: bytes, received_ns: int) -> RecordBatch | DecodeError:
+    """The general decoder: every check, in the documented order."""
     if not frame:
         return DecodeError(TRUNCATED, "empty payload")
     if frame[0] != VERSION:
