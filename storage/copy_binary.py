@@ -19,8 +19,11 @@ with its size.
 
 from __future__ import annotations
 
+import array
 import functools
 import struct
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -78,6 +81,41 @@ def record_array(element_oid: int, elements: list[bytes]) -> bytes:
     if not elements:
         return struct.pack(">iii", 0, 0, element_oid)
     return struct.pack(_ARRAY, 1, 0, element_oid, len(elements), 1) + b"".join(elements)
+
+
+def text_array(fields: list[bytes]) -> Raw:
+    """A one-dimensional ``text[]`` of elements already encoded (``text_field``)."""
+    if not fields:
+        return Raw(struct.pack(">iii", 0, 0, _TEXT_OID))
+    return Raw(struct.pack(_ARRAY, 1, 0, _TEXT_OID, len(fields), 1) + b"".join(fields))
+
+
+def float8_array(items: Sequence[float]) -> Raw:
+    return _eight_byte_array(_FLOAT8_OID, "d", items)
+
+
+def timestamptz_array(items: Sequence[int]) -> Raw:
+    """PostgreSQL-epoch microseconds, as a binary ``timestamptz`` is."""
+    return _eight_byte_array(TIMESTAMPTZ_OID, "q", items)
+
+
+def _eight_byte_array(oid: int, code: str, items: Sequence[float]) -> Raw:
+    """A one-dimensional array of 8-byte elements, each its size (int32 8) and its big-endian
+    value: built with strided copies from an ``array.array``, in C. ``ArrayPlan``'s one
+    ``struct`` per call suits its short, recurring lengths; for thousands of elements of
+    every length ``struct`` would compile a new format each time."""
+    n = len(items)
+    if not n:
+        return Raw(struct.pack(">iii", 0, 0, oid))
+    values = array.array(code, items)
+    if sys.byteorder == "little":
+        values.byteswap()
+    raw = values.tobytes()
+    out = bytearray(12 * n)
+    out[3::12] = b"\x08" * n
+    for k in range(8):
+        out[4 + k::12] = raw[k::8]
+    return Raw(struct.pack(_ARRAY, 1, 0, oid, n, 1) + out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ writer's clock (``readings_sink``):
 Before (to 2026-12-05), late rows noted (hour, device) entries and the refresh recomputed those
 devices' rows of the hour from raw rows: reading each back, for a rollup row per reading in the
 e2e benchmark's mix, where most rows are late. Grouping in Python instead (a dict of partial
-aggregates) cost 1.6 us per rollup row (``loadtests.write_rows_bench``), four times these arrays.
+aggregates) cost 1.6 us per rollup row, against 0.4-0.5 us per reading for these arrays
+(``loadtests.write_rows_bench``; the dict version is not kept).
 
 The arrays use the binary format of ``array_recv`` (``copy_binary``), sent as they are
 (``copy_binary.Raw``); times are PostgreSQL-epoch microseconds, which is what a binary
@@ -24,45 +25,19 @@ The arrays use the binary format of ``array_recv`` (``copy_binary``), sent as th
 
 from __future__ import annotations
 
-import array
-import struct
-import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
 from citysense.records import RecordBatch
 from storage import copy_binary as cb
 from storage.latest_state import PG_EPOCH_US
+from storage.schema import ROLLUPS
+from storage.write_sql import ROLLUP
 
-HOUR_US = 3_600_000_000  # the rollup's bucket; PG-epoch hours are BUCKET_ORIGIN's hours
-_TEXT, _FLOAT8, _TSTZ = 25, 701, 1184
-_HEAD = ">iiiii"  # ndim, has-nulls, element oid, length, lower bound
-
-
-def _array(oid: int, code: str, items: Sequence[float]) -> cb.Raw:
-    """A one-dimensional int8 / float8 / timestamptz array (8-byte elements) in binary.
-
-    Each element is its size (int32 8) and its big-endian value: built with strided copies
-    from an ``array.array``, in C, not with one ``struct`` format per call (which ``struct``
-    compiles anew for every length)."""
-    n = len(items)
-    if not n:
-        return cb.Raw(struct.pack(">iii", 0, 0, oid))
-    values = array.array(code, items)
-    if sys.byteorder == "little":
-        values.byteswap()
-    raw = values.tobytes()
-    out = bytearray(12 * n)
-    out[3::12] = b"\x08" * n
-    for k in range(8):
-        out[4 + k::12] = raw[k::8]
-    return cb.Raw(struct.pack(_HEAD, 1, 0, oid, n, 1) + out)
-
-
-def _text_array(fields: list[bytes]) -> cb.Raw:
-    """A one-dimensional text array of elements already encoded (``copy_binary.text_field``)."""
-    if not fields:
-        return cb.Raw(struct.pack(">iii", 0, 0, _TEXT))
-    return cb.Raw(struct.pack(_HEAD, 1, 0, _TEXT, len(fields), 1) + b"".join(fields))
+HOUR_US = ROLLUPS[ROLLUP] // timedelta(microseconds=1)
+# Buckets are cut here from the PostgreSQL epoch (2000-01-01), in SQL from BUCKET_ORIGIN
+# (2000-01-03): the same boundaries while the width divides those two days.
+assert (2 * 86_400_000_000) % HOUR_US == 0
 
 
 def params(batches: Sequence[RecordBatch], before: int) -> list[cb.Raw]:
@@ -76,8 +51,8 @@ def params(batches: Sequence[RecordBatch], before: int) -> list[cb.Raw]:
     device_fields = {d: cb.text_field(d) for d in set(devices)}  # each device encoded once
     metric = cb.cached_text_field
     return [
-        _text_array([device_fields[d] for d in devices]),
-        _text_array([metric(r.metric) for r in readings]),
-        _array(_TSTZ, "q", [(r.time_ns - shift) // 1000 for r in readings]),
-        _array(_FLOAT8, "d", [r.value for r in readings]),
+        cb.text_array([device_fields[d] for d in devices]),
+        cb.text_array([metric(r.metric) for r in readings]),
+        cb.timestamptz_array([(r.time_ns - shift) // 1000 for r in readings]),
+        cb.float8_array([r.value for r in readings]),
     ]
