@@ -90,7 +90,7 @@ class Bench:
                              password=stack.loadgen_password, size=a.connections)
         sc = load_scenario("scale")
         assert isinstance(sc, ScaleScenario)
-        specs = scale_devices(sc, a.devices)
+        self.specs = specs = scale_devices(sc, a.devices)
         total = sum(r * a.step_seconds for r in a.rates)
         streams = build_streams(specs, seed=sc.seed, start_ns=time.time_ns(),
                                 back_intervals=math.ceil(total / len(specs)))
@@ -101,10 +101,23 @@ class Bench:
         self._base = (0, 0)  # (acked, raw high watermark) when the step started
 
     async def start(self) -> None:
+        await self._register()
         await self.offsets.start()
         await self.pool.start()
         if self.drops.value is None:  # published every 10 s (when it changed); start from a known count
             await self.drops.fresh()
+
+    async def _register(self) -> None:
+        """The scale scenario's devices into the bench database, as `citysense devices import`
+        would: a city's devices are registered (the overview counts only those, and storage
+        keeps no hourly rollup for those that sample hourly)."""
+        from simulators.scenario_registry import Registry as Specs
+        from simulators.scenario_registry import registry_export
+        from storage import registry
+
+        export = registry_export(Specs("scale", 0, (), tuple(self.specs)))
+        async with await psycopg.AsyncConnection.connect(self.stack.database_url) as conn:
+            await registry.import_registry(conn, registry.Registry.model_validate(export))
 
     async def stop(self) -> None:
         await self.pool.stop()

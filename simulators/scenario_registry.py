@@ -112,14 +112,11 @@ def city_registry(sc: CityScenario) -> Registry:
             pile += 1
     order = sc.townships
     for kind, count in sc.monitoring.items():
-        profile = PROFILES[kind]
         for j in range(count):
             district, town = order[j % len(order)]
             lat, lon = _near(rng, town.lat, town.lon, 0.02)
             device_id = f"{ID_PREFIX[kind]}{j:04d}"
-            meta: dict[str, Any] = {"description": profile.description}
-            if profile.sample_interval_s:
-                meta |= {"psm": True, "sample_interval_s": profile.sample_interval_s}
+            meta = device_metadata(kind)
             site_id = None
             if kind in SITE_LABEL:
                 site_id = f"site-mp-{device_id}"
@@ -127,6 +124,16 @@ def city_registry(sc: CityScenario) -> Registry:
                 sites.append(Site(site_id, "monitoring_point", name, town.name, district, lat, lon))
             devices.append(DeviceSpec(device_id, kind, town.name, district, lat, lon, site_id, meta))
     return Registry(sc.name, sc.seed, tuple(sites), tuple(devices))
+
+
+def device_metadata(kind: str) -> dict[str, Any]:
+    """What the registry keeps of a kind's profile: its description and, for NB-IoT (PSM)
+    devices, the sample interval (storage keeps no hourly rollup for hourly samplers)."""
+    profile = PROFILES[kind]
+    meta: dict[str, Any] = {"description": profile.description}
+    if profile.sample_interval_s:
+        meta |= {"psm": True, "sample_interval_s": profile.sample_interval_s}
+    return meta
 
 
 def scale_devices(sc: ScaleScenario, devices: int | None = None) -> list[DeviceSpec]:
@@ -137,7 +144,9 @@ def scale_devices(sc: ScaleScenario, devices: int | None = None) -> list[DeviceS
     counts = {k: int(v) for k, v in shares.items()}
     for k in sorted(shares, key=lambda k: counts[k] - shares[k])[: total - sum(counts.values())]:
         counts[k] += 1
-    out = [DeviceSpec(f"{ID_PREFIX[k]}L{i:06d}", k) for k, n in counts.items() for i in range(n)]
+    meta = {k: device_metadata(k) for k in counts}
+    out = [DeviceSpec(f"{ID_PREFIX[k]}L{i:06d}", k, metadata=meta[k])
+           for k, n in counts.items() for i in range(n)]
     random.Random(sc.seed).shuffle(out)
     return out
 

@@ -68,6 +68,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda ctx: [sql.SQL(ddl) for ddl in audit.DDL]),
     Migration(9, "no per-device 1-minute rollup; late rows dirty one device's bucket",
               lambda ctx: rollups_schema.drop_minute_rollup(ctx.backend)),
+    Migration(10, "no per-device hourly rollup for devices sampling hourly or less often",
+              lambda ctx: rollups_schema.hourly_rollup_class(ctx.backend)),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1].version

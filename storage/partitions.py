@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg import sql
 
+from storage import write_sql
 from storage.db import Conn
 
 HORIZON_KEY = "readings_dropped_before"  # schema_meta: end of the newest dropped readings partition
@@ -92,7 +93,8 @@ async def ensure_ahead(conn: Conn, table: str, now: datetime, width: timedelta, 
 
 
 async def drop_expired(conn: Conn, table: str, before: datetime) -> list[str]:
-    """Drop every partition of ``table`` whose range ends at or before ``before``."""
+    """Drop every partition of ``table`` whose range ends at or before ``before``; a readings
+    partition's rows of devices without an hourly rollup are first folded into it."""
     async with conn.transaction():
         await _lock(conn, table)
         cur = await conn.execute(
@@ -101,6 +103,9 @@ async def drop_expired(conn: Conn, table: str, before: datetime) -> list[str]:
         dropped = await cur.fetchall()
         names = [str(r[0]) for r in dropped]
         for name in names:
+            if table == "readings" and await _exists(conn, name):
+                # in the drop's transaction: no reader sees both the rows and their fold, or neither
+                await conn.execute(write_sql.compact_statement(name))
             await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
         await conn.execute("DELETE FROM time_partitions WHERE parent = %s AND name = ANY(%s)", (table, names))
         if names and table == "readings":
@@ -111,6 +116,11 @@ async def drop_expired(conn: Conn, table: str, before: datetime) -> list[str]:
                        value = greatest(schema_meta.value::timestamptz, excluded.value::timestamptz)::text""",
                 (HORIZON_KEY, max(r[1] for r in dropped)))
     return names
+
+
+async def _exists(conn: Conn, name: str) -> bool:
+    got = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))).fetchone()
+    return bool(got and got[0])
 
 
 async def listing(conn: Conn, table: str) -> list[tuple[str, datetime, datetime]]:

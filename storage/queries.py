@@ -11,7 +11,10 @@ Bucket semantics: buckets are aligned to ``BUCKET_ORIGIN`` (TimescaleDB's
 long ranges with whole-hour buckets from ``readings_1h``; buckets under an
 hour read ``readings`` by its primary key (device, metric, time): no device
 reports more than once a minute, so a per-device minute rollup would hold as
-many rows (schema migration 9 dropped it).
+many rows (schema migration 9 dropped it). For the same reason a device that
+samples hourly or less often keeps no hourly rollup on the PostgreSQL path
+(migration 10): its hourly series is read from its raw rows, plus the rollup
+rows retention folded in from raw rows it dropped.
 """
 
 from __future__ import annotations
@@ -136,7 +139,9 @@ async def series(
         ).format(origin=sql.Literal(BUCKET_ORIGIN), expr=sql.SQL(_RAW_AGG[agg]))
     else:
         # Real-time union: rollup rows for clean buckets, raw rows for buckets still listed in
-        # rollup_dirty (PostgreSQL path: not yet recomputed; always empty on TimescaleDB).
+        # rollup_dirty (PostgreSQL path: not yet recomputed; always empty on TimescaleDB), or
+        # for every bucket of a device without an hourly rollup (PostgreSQL path: its rollup
+        # rows are only those retention folded in, from raw rows dropped since).
         query = sql.SQL(
             """SELECT date_bin(%(bucket)s, bucket, {origin}) AS b, {expr} FROM (
                    SELECT bucket, value_sum, value_count, value_min, value_max, last_time, last_value
@@ -144,12 +149,12 @@ async def series(
                        AND bucket >= %(lo)s AND bucket < %(hi)s AND {clean}
                    UNION ALL
                    SELECT {raw_bucket}, {raw_parts} FROM readings
-                   WHERE device_id = %(device)s AND metric = %(metric)s AND {raw_in_dirty}
+                   WHERE device_id = %(device)s AND metric = %(metric)s AND {raw_not_rolled}
                    GROUP BY 1) parts
                GROUP BY 1 ORDER BY 1"""
         ).format(clean=_clean(chosen, one_device=True), rel=sql.Identifier(chosen),
                  raw_bucket=_raw_bucket(chosen), raw_parts=sql.SQL(_RAW_PARTS),
-                 raw_in_dirty=_raw_in_dirty(chosen, one_device=True), origin=sql.Literal(BUCKET_ORIGIN),
+                 raw_not_rolled=_raw_not_rolled(chosen), origin=sql.Literal(BUCKET_ORIGIN),
                  expr=sql.SQL(_ROLLUP_AGG[agg]))
     # Never a server-side prepared statement: a generic plan cannot prune by the time range or
     # size the real-time union (measured 3x slower than custom plans once psycopg prepares it).
@@ -187,12 +192,29 @@ def _raw_bucket(rollup: str) -> sql.Composed:
         w=sql.Literal(ROLLUPS[rollup]), origin=sql.Literal(BUCKET_ORIGIN))
 
 
-def _raw_in_dirty(rollup: str, *, one_device: bool = False) -> sql.Composed:
+def _raw_in_dirty(rollup: str) -> sql.Composed:
     """Raw rows of the dirty buckets, within a time range the index scans can use."""
     return sql.SQL("time >= {lo} AND time < {hi} + {w} AND {b} = ANY ({all}::timestamptz[])").format(
-        lo=_dirty(rollup, "min(bucket)", one_device), hi=_dirty(rollup, "max(bucket)", one_device),
+        lo=_dirty(rollup, "min(bucket)", False), hi=_dirty(rollup, "max(bucket)", False),
         w=sql.Literal(ROLLUPS[rollup]), b=_raw_bucket(rollup),
-        all=_dirty(rollup, "array_agg(DISTINCT bucket)", one_device))
+        all=_dirty(rollup, "array_agg(DISTINCT bucket)", False))
+
+
+# A device without an hourly rollup (rollups_schema.hourly_rollup_class; NULL: not registered).
+_NO_ROLLUP = sql.SQL("coalesce((SELECT NOT rollup_1h FROM devices WHERE device_id = %(device)s), false)")
+
+
+def _raw_not_rolled(rollup: str) -> sql.Composed:
+    """%(device)s's raw rows the rollup does not hold: all of ``[lo, hi)`` for a device without
+    an hourly rollup, else those of its dirty buckets (``_raw_in_dirty``). The time bounds are
+    init plans, so the primary key's range scan still uses them."""
+    return sql.SQL(
+        "time >= CASE WHEN {nr} THEN %(lo)s::timestamptz ELSE {dlo} END"
+        " AND time < CASE WHEN {nr} THEN %(hi)s::timestamptz ELSE {dhi} + {w} END"
+        " AND ({nr} OR {b} = ANY ({all}::timestamptz[]))"
+    ).format(nr=_NO_ROLLUP, dlo=_dirty(rollup, "min(bucket)", True), dhi=_dirty(rollup, "max(bucket)", True),
+             w=sql.Literal(ROLLUPS[rollup]), b=_raw_bucket(rollup),
+             all=_dirty(rollup, "array_agg(DISTINCT bucket)", True))
 
 
 async def device_counts(
@@ -225,8 +247,9 @@ async def reading_counts(
 ) -> dict[str, int]:
     """Readings received per district, township or kind over the whole hours touching ``[start, end)``.
 
-    Served from the 1-hour rollup (raw rows for hours not yet recomputed); devices not in
-    the registry are not counted.
+    Served from the 1-hour rollup (raw rows for hours not yet recomputed, and for devices
+    without an hourly rollup: a whole hour's raw rows are read for those, so long ranges cost
+    in proportion); devices not in the registry are not counted.
     """
     if group_by not in ("district", "township", "kind"):
         raise ValueError(f"cannot group by {group_by!r}")
@@ -241,9 +264,16 @@ async def reading_counts(
                UNION ALL
                SELECT d.{g}, count(*) FROM readings r JOIN devices d USING (device_id)
                WHERE {raw_in_dirty} AND (%(metric)s::text IS NULL OR r.metric = %(metric)s)
+               GROUP BY 1
+               UNION ALL
+               SELECT d.{g}, count(*) FROM readings r JOIN devices d USING (device_id)
+               WHERE NOT d.rollup_1h AND r.time >= %(lo)s AND r.time < %(hi)s
+                 AND {raw_b} <> ALL ({dirty}::timestamptz[])
+                 AND (%(metric)s::text IS NULL OR r.metric = %(metric)s)
                GROUP BY 1) c
            GROUP BY 1 ORDER BY 1"""
     ).format(g=sql.Identifier(group_by), clean=_clean("readings_1h"),
-             raw_in_dirty=_raw_in_dirty("readings_1h"))
+             raw_in_dirty=_raw_in_dirty("readings_1h"), raw_b=_raw_bucket("readings_1h"),
+             dirty=_dirty("readings_1h", "coalesce(array_agg(DISTINCT bucket), '{}')", False))
     cur = await conn.execute(query, {"lo": lo, "hi": hi, "metric": metric}, prepare=False)  # see series()
     return {str(r[0]): int(r[1]) for r in await cur.fetchall()}

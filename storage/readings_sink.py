@@ -71,6 +71,9 @@ class ReadingsSink:
         # devices whose device_state row this sink has seen committed: rows are never deleted,
         # so flushes made only of known devices skip the insert of new ones
         self._known: set[str] = set()
+        # device -> whether it keeps a per-device hourly rollup: fixed when it was registered
+        # (rollups_schema.hourly_rollup_class), so remembering it is never wrong
+        self._has_rollup: dict[str, bool] = {}
 
     @property
     def pending_devices(self) -> int:
@@ -161,8 +164,9 @@ class ReadingsSink:
                 if all_new and self._backend == POSTGRES:
                     # The fast path stored every reading: the open hours they touch are noted,
                     # the late ones merged, in the round trip of the commit.
+                    statements = await self._rollup_statements(conn, rows)
                     async with conn.pipeline():
-                        for statement, params in _rollup_statements(rows, self._clock()):
+                        for statement, params in statements:
                             await conn.execute(statement, params)
                         await conn.commit()
                 else:
@@ -172,6 +176,40 @@ class ReadingsSink:
                     await conn.rollback()
                 raise
         return WriteResult(rows.reading_count, inserted, statuses, health, conflicting)
+
+    async def _rollup_statements(self, conn: Conn, rows: WriteRows) -> list[tuple[Query, Sequence[object]]]:
+        """What the fast path sends for the hourly rollup (``storage.rollup_delta``): the hours
+        still open by the sink's clock noted whole in ``rollup_dirty``, and the readings of
+        earlier hours merged, but those of devices without an hourly rollup. Which side of
+        the clock an hour falls only chooses how its readings reach the rollup (a recompute
+        from raw rows replaces what a merge added), so this clock need not agree with the
+        refresh's or another writer's."""
+        open_from = (self._clock() - _PG_EPOCH) // timedelta(microseconds=1)
+        open_from -= open_from % rollup_delta.HOUR_US
+        hours = {m - m % rollup_delta.HOUR_US for m in rows.minutes}
+        opened = sorted(h for h in hours if h >= open_from)
+        out: list[tuple[Query, Sequence[object]]] = []
+        if opened:
+            out.append((w.NOTE_OPEN, [[_PG_EPOCH + timedelta(microseconds=h) for h in opened]]))
+        if len(opened) < len(hours):
+            late = rollup_delta.late(rows.batches, open_from)
+            skip = await self._without_rollup(conn, {r.device_id for r in late})
+            if skip:
+                late = [r for r in late if r.device_id not in skip]
+            if late:
+                out.append((w.ROLLUP_MERGE, rollup_delta.params(late)))
+        return out
+
+    async def _without_rollup(self, conn: Conn, devices: set[str]) -> set[str]:
+        """Those of ``devices`` registered without an hourly rollup; a device not registered
+        keeps one (and is asked again next time)."""
+        unknown = [d for d in devices if d not in self._has_rollup]
+        if unknown:
+            if len(self._has_rollup) > _MAX_KNOWN:
+                self._has_rollup.clear()
+            cur = await conn.execute(w.ROLLUP_CLASS, [unknown])
+            self._has_rollup.update((str(r[0]), bool(r[1])) for r in await cur.fetchall())
+        return {d for d in devices if self._has_rollup.get(d) is False}
 
     async def _move_readings(self, conn: Conn, rows: WriteRows) -> tuple[int, bool, int]:
         """The first statement of ``conn``'s transaction: the fast COPY, or on a duplicate key
@@ -242,21 +280,3 @@ async def _copy_data(cur: psycopg.AsyncCursor[object], statement: Query, rows: b
         await copy.write(cb.HEADER)
         await copy.write(rows)
         await copy.write(cb.TRAILER)
-
-
-def _rollup_statements(rows: WriteRows, now: datetime) -> list[tuple[Query, Sequence[object]]]:
-    """What the fast path sends for the hourly rollup (``storage.rollup_delta``): the hours
-    still open at ``now`` noted whole in ``rollup_dirty``, and the readings of earlier hours
-    merged. Which side of ``now`` an hour falls only chooses how its readings reach the
-    rollup (a recompute from raw rows replaces what a merge added), so this clock need not
-    agree with the refresh's or another writer's."""
-    open_from = (now - _PG_EPOCH) // timedelta(microseconds=1)
-    open_from -= open_from % rollup_delta.HOUR_US
-    hours = {m - m % rollup_delta.HOUR_US for m in rows.minutes}
-    opened = sorted(h for h in hours if h >= open_from)
-    out: list[tuple[Query, Sequence[object]]] = []
-    if opened:
-        out.append((w.NOTE_OPEN, [[_PG_EPOCH + timedelta(microseconds=h) for h in opened]]))
-    if len(opened) < len(hours):
-        out.append((w.ROLLUP_MERGE, rollup_delta.params(rows.batches, open_from)))
-    return out

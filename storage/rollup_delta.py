@@ -12,6 +12,9 @@ writer's clock (``readings_sink``):
   hour) and merges the groups into the rollup: sums and counts added, minimum and maximum
   kept, the newest value kept by time. A re-delivery stores nothing and so adds nothing (the
   slow path merges only the rows its insert returned, in SQL).
+Devices without an hourly rollup (``rollups_schema.hourly_rollup_class``: meters, sampling
+hourly) are left out of both: the sink filters their late readings out by a cache of the class,
+which is fixed at registration, and the refresh and the slow path by ``write_sql.HAS_ROLLUP``.
 Before (to 2026-12-05), late rows noted (hour, device) entries and the refresh recomputed those
 devices' rows of the hour from raw rows: reading each back, for a rollup row per reading in the
 e2e benchmark's mix, where most rows are late. Grouping in Python instead (a dict of partial
@@ -28,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from citysense.records import RecordBatch
+from citysense.records import Reading, RecordBatch
 from storage import copy_binary as cb
 from storage.latest_state import PG_EPOCH_US
 from storage.schema import ROLLUPS
@@ -38,21 +41,24 @@ HOUR_US = ROLLUPS[ROLLUP] // timedelta(microseconds=1)
 # Buckets are cut here from the PostgreSQL epoch (2000-01-01), in SQL from BUCKET_ORIGIN
 # (2000-01-03): the same boundaries while the width divides those two days.
 assert (2 * 86_400_000_000) % HOUR_US == 0
+_SHIFT_NS = PG_EPOCH_US * 1000
 
 
-def params(batches: Sequence[RecordBatch], before: int) -> list[cb.Raw]:
-    """The readings of ``batches`` earlier than ``before`` (PG-epoch us: the open hour's start)
-    as ``write_sql.ROLLUP_MERGE``'s parameters: device, metric, time and value arrays. Values
-    are finite here (``write_rows`` refused the others)."""
-    shift = PG_EPOCH_US * 1000
-    limit = before * 1000 + shift  # in Unix nanoseconds, as the readings carry it
-    readings = [r for b in batches for r in b.readings if r.time_ns < limit]
+def late(batches: Sequence[RecordBatch], before: int) -> list[Reading]:
+    """The readings of ``batches`` earlier than ``before`` (PG-epoch us: the open hour's start)."""
+    limit = before * 1000 + _SHIFT_NS  # in Unix nanoseconds, as the readings carry it
+    return [r for b in batches for r in b.readings if r.time_ns < limit]
+
+
+def params(readings: Sequence[Reading]) -> list[cb.Raw]:
+    """``readings`` as ``write_sql.ROLLUP_MERGE``'s parameters: device, metric, time and value
+    arrays. Values are finite here (``write_rows`` refused the others)."""
     devices = [r.device_id for r in readings]
     device_fields = {d: cb.text_field(d) for d in set(devices)}  # each device encoded once
     metric = cb.cached_text_field
     return [
         cb.text_array([device_fields[d] for d in devices]),
         cb.text_array([metric(r.metric) for r in readings]),
-        cb.timestamptz_array([(r.time_ns - shift) // 1000 for r in readings]),
+        cb.timestamptz_array([(r.time_ns - _SHIFT_NS) // 1000 for r in readings]),
         cb.float8_array([r.value for r in readings]),
     ]

@@ -25,6 +25,7 @@ their raw rows are gone, and a row accepted there after the drop would
 otherwise replace a full bucket with a partial one; their entries are just
 deleted. On TimescaleDB the continuous aggregates do all this and ``refresh``
 does nothing. One refresh runs at a time (advisory lock; others return at once).
+Devices without an hourly rollup (``rollups_schema.hourly_rollup_class``) are left out.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from storage import migrations
 from storage.db import Conn
 from storage.partitions import HORIZON_KEY
 from storage.schema import BUCKET_ORIGIN, ROLLUPS, TIMESCALE
+from storage.write_sql import HAS_ROLLUP
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +84,10 @@ def _recompute(name: str, width: timedelta) -> sql.Composed:
         """{insert}
            SELECT device_id, metric, date_bin({width}, time, {origin}), sum(value), count(*),
                   min(value), max(value), max(time), (array_agg(value ORDER BY time DESC))[1]
-           FROM readings WHERE time >= %(lo)s AND time < %(hi)s
+           FROM readings WHERE time >= %(lo)s AND time < %(hi)s AND {has_rollup}
            {upsert}"""
     ).format(insert=_insert(name), width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN),
-             upsert=_UPSERT)
+             upsert=_UPSERT, has_rollup=HAS_ROLLUP)
 
 
 def _recompute_devices(name: str, width: timedelta) -> sql.Composed:
@@ -98,9 +100,9 @@ def _recompute_devices(name: str, width: timedelta) -> sql.Composed:
            SELECT device_id, metric, %(bucket)s::timestamptz, sum(value), count(*), min(value),
                   max(value), max(time), (array_agg(value ORDER BY time DESC))[1]
            FROM readings WHERE device_id = ANY (%(devices)s::text[])
-               AND time >= %(bucket)s AND time < %(bucket)s::timestamptz + {width}
+               AND time >= %(bucket)s AND time < %(bucket)s::timestamptz + {width} AND {has_rollup}
            {upsert}"""
-    ).format(insert=_insert(name), width=sql.Literal(width), upsert=_UPSERT)
+    ).format(insert=_insert(name), width=sql.Literal(width), upsert=_UPSERT, has_rollup=HAS_ROLLUP)
 
 
 # Per closed bucket: whether it is dirty whole, and which devices it is dirty for. Grouped here,

@@ -109,6 +109,20 @@ def _rollup_merge(source: sql.Composable) -> sql.Composed:
              origin=sql.Literal(BUCKET_ORIGIN), source=source, on_conflict=_ROLLUP_ON_CONFLICT)
 
 
+# Rows of devices that keep a per-device hourly rollup (``rollups_schema.hourly_rollup_class``):
+# the others' hourly series is read from raw rows until retention folds them in (COMPACT).
+ROLLUP_CLASS = sql.SQL("SELECT device_id, rollup_1h FROM devices WHERE device_id = ANY(%s)")
+HAS_ROLLUP = sql.SQL("device_id NOT IN (SELECT device_id FROM devices WHERE NOT rollup_1h)")
+
+
+def compact_statement(partition: str) -> sql.Composed:
+    """Fold the raw rows of devices without an hourly rollup in ``partition`` (about to be
+    dropped by retention) into the rollup, so their long series outlive their raw rows."""
+    return _rollup_merge(sql.SQL(
+        "(SELECT device_id, metric, time, value FROM {} WHERE NOT ({})) AS expiring").format(
+            sql.Identifier(partition), HAS_ROLLUP))
+
+
 ROLLUP_MERGE = _rollup_merge(sql.SQL(
     "unnest(%b::text[], %b::text[], %b::timestamptz[], %b::float8[]) AS u (device_id, metric, time, value)"))
 
@@ -137,8 +151,8 @@ def slow_readings_statement(*, rollup: bool) -> sql.Composed:
                 WHERE b + {width} > now())"""
         ).format(name=sql.Literal(ROLLUP), width=width, origin=origin))
         ctes.append(sql.SQL("merged AS ({})").format(_rollup_merge(sql.SQL(
-            "(SELECT * FROM ins WHERE date_bin({width}, time, {origin}) + {width} <= now()) AS late").format(
-                width=width, origin=origin))))
+            "(SELECT * FROM ins WHERE date_bin({width}, time, {origin}) + {width} <= now() AND {has}) AS late"
+        ).format(width=width, origin=origin, has=HAS_ROLLUP))))
     # One primary-key probe per staged row (LATERAL .. LIMIT 1): the stage, a temporary table,
     # has no statistics, and a plain join may hash-join it with every partition of readings.
     conflicting = sql.SQL(

@@ -136,7 +136,7 @@ async def test_migration_9_drops_the_minute_rollup_and_keeps_hourly_entries(empt
         await conn.execute("""INSERT INTO readings_1h VALUES
                               ('a-1', 'pm25', '2030-06-01 10:00+00', 3, 1, 3, 3, '2030-06-01 10:30+00', 3)""")
         await conn.commit()
-        assert await migrations.migrate(conn) == [9]
+        assert await migrations.migrate(conn) == [9, 10]
         cur = await conn.execute("SELECT to_regclass('readings_1m') IS NULL, count(*) FROM readings_1h")
         assert await cur.fetchone() == (True, 1)
         cur = await conn.execute("SELECT rollup, bucket::text, device_id FROM rollup_dirty")
